@@ -1,0 +1,133 @@
+"""Writing training data as an nnU-Net raw dataset, checked against a task's label table.
+
+Images and labels are stored in the task's model orientation (the same permutation/flip that
+``predict`` applies), so a model trained here sees its inputs at prediction time exactly as it
+saw them in training, whatever orientation the user's files have.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import shutil
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import SimpleITK as sitk
+
+from autoorgan.errors import InputError
+from autoorgan.io.cases import find_cases
+from autoorgan.io.image import Geometry, Volume, image_from_array, read_volume
+from autoorgan.io.orientation import plan_reorientation, reoriented_geometry
+from autoorgan.io.writing import write_json
+from autoorgan.tasks import Task
+
+log = logging.getLogger(__name__)
+
+_GEOMETRY_TOLERANCE = 1e-3
+
+
+@dataclass(frozen=True)
+class TrainingCase:
+    """One image with its label map."""
+
+    case_id: str
+    image: Path
+    label: Path
+
+
+def dataset_folder_name(task: Task) -> str:
+    """``Dataset{ID:03d}_{Name}`` for a task (name in CamelCase-free, filesystem-safe form)."""
+    name = re.sub(r"[^A-Za-z0-9]+", "", task.name.title()) or "Task"
+    return f"Dataset{task.dataset_id:03d}_{name}"
+
+
+def find_training_cases(data_dir: Path) -> list[TrainingCase]:
+    """Pairs of ``images/<case>.*`` and ``labels/<case>.*`` in ``data_dir``.
+
+    Every image needs a label with the same case id and vice versa; otherwise an
+    :class:`InputError` lists what is unmatched.
+    """
+    images_dir, labels_dir = data_dir / "images", data_dir / "labels"
+    if not images_dir.is_dir() or not labels_dir.is_dir():
+        raise InputError(f"training data {data_dir} must hold the folders images/ and labels/")
+    images = {c.case_id: c.path for c in find_cases(images_dir)}
+    labels = {c.case_id: c.path for c in find_cases(labels_dir)}
+    unmatched = sorted(set(images) ^ set(labels))
+    if unmatched:
+        raise InputError(f"training data {data_dir}: no matching image/label for case(s) {', '.join(unmatched[:10])}")
+    return [TrainingCase(cid, images[cid], labels[cid]) for cid in sorted(images)]
+
+
+def _same_grid(a: Geometry, b: Geometry) -> bool:
+    return (a.size == b.size
+            and np.allclose(a.spacing, b.spacing, rtol=_GEOMETRY_TOLERANCE, atol=_GEOMETRY_TOLERANCE)
+            and np.allclose(a.origin, b.origin, atol=_GEOMETRY_TOLERANCE * 10)
+            and np.allclose(a.direction, b.direction, atol=_GEOMETRY_TOLERANCE))
+
+
+def check_label_map(label: Volume, image: Volume, task: Task, label_name: str) -> None:
+    """:class:`InputError` naming ``label_name`` if its values or grid do not fit."""
+    if not _same_grid(label.geometry, image.geometry):
+        raise InputError(f"{label_name}: label grid {label.geometry.size} / spacing "
+                         f"{tuple(round(s, 4) for s in label.geometry.spacing)} differs from its image's "
+                         f"{image.geometry.size} / {tuple(round(s, 4) for s in image.geometry.spacing)}")
+    values = np.unique(label.array)
+    if not np.all(np.equal(np.mod(values, 1), 0)):
+        raise InputError(f"{label_name}: label map holds non-integer values")
+    unknown = sorted(int(v) for v in values if int(v) != 0 and int(v) not in task.labels)
+    if unknown:
+        raise InputError(f"{label_name}: values {unknown[:10]} are not in the label table of task "
+                         f"'{task.name}' (1..{task.max_label})")
+
+
+def _oriented(volume: Volume, task: Task) -> sitk.Image:
+    geo = volume.geometry
+    plan = plan_reorientation(geo.direction_matrix, task.orientation)
+    size, spacing, origin, direction = reoriented_geometry(plan, geo.size, geo.spacing, geo.origin,
+                                                           geo.direction_matrix)
+    target = Geometry(size=size, spacing=spacing, origin=origin, direction=tuple(direction.ravel()))
+    return image_from_array(np.ascontiguousarray(plan.to_target(volume.array)), target)
+
+
+def write_raw_dataset(task: Task, cases: Iterable[TrainingCase], raw_dir: Path) -> Path:
+    """Check every case and write ``raw_dir/Dataset{ID}_{Name}`` with ``dataset.json``.
+
+    All cases are checked before the dataset folder is replaced, so a bad label file leaves no
+    half-written dataset. Returns the dataset folder.
+    """
+    cases = list(cases)
+    if not cases:
+        raise InputError("no training cases")
+    staged: list[tuple[str, sitk.Image, sitk.Image]] = []
+    for case in cases:
+        image = read_volume(case.image)
+        label = read_volume(case.label)
+        check_label_map(label, image, task, case.label.name)
+        label.array = label.array.astype(np.uint8 if task.max_label < 256 else np.uint16)
+        staged.append((case.case_id, _oriented(image, task), _oriented(label, task)))
+    folder = raw_dir / dataset_folder_name(task)
+    for existing in raw_dir.glob(f"Dataset{task.dataset_id:03d}_*"):
+        shutil.rmtree(existing)
+    (folder / "imagesTr").mkdir(parents=True)
+    (folder / "labelsTr").mkdir()
+    for case_id, image, label in staged:
+        sitk.WriteImage(image, str(folder / "imagesTr" / f"{case_id}_0000.nii.gz"), useCompression=True)
+        sitk.WriteImage(label, str(folder / "labelsTr" / f"{case_id}.nii.gz"), useCompression=True)
+    dataset_json = {
+        "channel_names": {"0": "CT"},
+        "labels": {"background": 0, **{name: value for value, name in task.labels.items()}},
+        "numTraining": len(staged),
+        "file_ending": ".nii.gz",
+        "autoorgan": {"task": task.name, "orientation": task.orientation},
+    }
+    write_json(dataset_json, folder / "dataset.json")
+    log.info("wrote %d training case(s) to %s", len(staged), folder)
+    return folder
+
+
+def read_json(path: Path) -> dict:
+    return json.loads(path.read_text(encoding="utf-8"))

@@ -1,0 +1,283 @@
+"""The adapter to nnU-Net v2: the only module of autoorgan that imports ``nnunetv2``.
+
+Everything nnU-Net does for us goes through here — loading a trained model once and predicting
+arrays with it, planning and preprocessing a dataset, and training — so the supported nnU-Net
+version range is tested in one place and nothing else depends on nnU-Net's internals.
+
+nnU-Net reads its folders from the environment variables ``nnUNet_raw``,
+``nnUNet_preprocessed`` and ``nnUNet_results``; :func:`nnunet_environment` sets them for the
+duration of a call (and child processes inherit them), so nothing relies on them being set when
+a module is imported. nnU-Net also ``print``\\ s progress; that text goes to this module's logger
+at DEBUG level instead of the user's terminal.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import logging
+import os
+import re
+from collections.abc import Iterator, Mapping
+from dataclasses import dataclass
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+#: nnU-Net versions this adapter is tested with (also the dependency range in pyproject.toml).
+SUPPORTED_NNUNET = ">=2.6,<2.9"
+
+
+def nnunet_version() -> str:
+    """Installed nnunetv2 version."""
+    return metadata.version("nnunetv2")
+
+
+class _LogStream(io.TextIOBase):
+    """A write-only text stream that forwards whole lines to a logger.
+
+    Lines matching ``promote`` (training progress) are logged at INFO, the rest at DEBUG.
+    """
+
+    def __init__(self, logger: logging.Logger, promote: re.Pattern[str] | None = None):
+        self._logger, self._promote, self._buffer = logger, promote, ""
+
+    def write(self, text: str) -> int:
+        self._buffer += text
+        *lines, self._buffer = self._buffer.split("\n")
+        for line in lines:
+            if line.strip():
+                level = logging.INFO if self._promote and self._promote.search(line) else logging.DEBUG
+                self._logger.log(level, "nnU-Net: %s", line.strip())
+        return len(text)
+
+
+_TRAINING_PROGRESS = re.compile(r"Epoch \d+$|train_loss|val_loss|Pseudo dice|Epoch time|Mean Validation Dice")
+
+
+@contextlib.contextmanager
+def _quiet_nnunet(promote: re.Pattern[str] | None = None) -> Iterator[None]:
+    stream = _LogStream(log, promote)
+    with contextlib.redirect_stdout(stream):
+        yield
+
+
+@dataclass(frozen=True)
+class NnUNetPaths:
+    """The three folders nnU-Net works with (any may be ``None`` when a step does not need it)."""
+
+    raw: Path | None = None
+    preprocessed: Path | None = None
+    results: Path | None = None
+
+
+@contextlib.contextmanager
+def nnunet_environment(paths: NnUNetPaths, **extra: str) -> Iterator[None]:
+    """Set nnU-Net's environment variables (and ``extra`` ones) for the duration of the block."""
+    wanted = {
+        "nnUNet_raw": paths.raw,
+        "nnUNet_preprocessed": paths.preprocessed,
+        "nnUNet_results": paths.results,
+        **extra,
+    }
+    saved = {key: os.environ.get(key) for key in wanted}
+    try:
+        for key, value in wanted.items():
+            if value is not None:
+                os.environ[key] = str(value)
+        yield
+    finally:
+        for key, old in saved.items():
+            if old is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = old
+
+
+def resolve_device(device: str = "auto") -> Any:
+    """A ``torch.device`` for ``auto|cpu|cuda|cuda:N|mps``; ``ValueError`` if unavailable."""
+    import torch
+
+    name = device.strip().lower()
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        return torch.device("cpu")
+    if name == "gpu":
+        name = "cuda"
+    if name.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise ValueError(f"device '{device}' requested but CUDA is not available on this machine")
+        index = name.partition(":")[2]
+        if index and (not index.isdigit() or int(index) >= torch.cuda.device_count()):
+            raise ValueError(f"device '{device}' does not exist: {torch.cuda.device_count()} CUDA device(s) visible")
+        return torch.device(name)
+    if name == "mps":
+        if not torch.backends.mps.is_available():
+            raise ValueError("device 'mps' requested but Apple MPS is not available on this machine")
+        return torch.device("mps")
+    if name == "cpu":
+        return torch.device("cpu")
+    raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+
+
+class Segmenter:
+    """A trained nnU-Net model loaded once, predicting label maps for many arrays.
+
+    Parameters
+    ----------
+    model_folder:
+        The ``{trainer}__{plans}__{configuration}`` folder (with ``dataset.json``, ``plans.json``).
+    fold:
+        Fold whose ``checkpoint_final.pth`` is used.
+    device:
+        A ``torch.device``.
+    tile_step_size:
+        Sliding-window step as a fraction of the patch (nnU-Net's default 0.5).
+    """
+
+    def __init__(self, model_folder: Path, fold: int | str, device: Any, *, tile_step_size: float = 0.5,
+                 checkpoint_name: str = "checkpoint_final.pth"):
+        from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+        self.model_folder = Path(model_folder)
+        self.device = device
+        with _quiet_nnunet():
+            predictor = nnUNetPredictor(
+                tile_step_size=tile_step_size,
+                use_gaussian=True,
+                use_mirroring=True,
+                perform_everything_on_device=device.type == "cuda",
+                device=device,
+                verbose=False,
+                verbose_preprocessing=False,
+                allow_tqdm=False,
+            )
+            predictor.initialize_from_trained_model_folder(
+                str(self.model_folder), use_folds=(fold,), checkpoint_name=checkpoint_name
+            )
+        self._predictor = predictor
+        log.debug("loaded %s fold %s on %s", self.model_folder, fold, device)
+
+    @property
+    def trainer_name(self) -> str:
+        return str(self._predictor.trainer_name)
+
+    @property
+    def patch_size(self) -> tuple[int, ...]:
+        return tuple(int(p) for p in self._predictor.configuration_manager.patch_size)
+
+    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+        """Label map (same shape as ``array_zyx``) for one single-channel image.
+
+        ``array_zyx`` is indexed the way nnU-Net's SimpleITK reader gives arrays (z, y, x), with
+        ``spacing_zyx`` in the same order.
+        """
+        data = np.ascontiguousarray(array_zyx, dtype=np.float32)[None]
+        with _quiet_nnunet():
+            seg = self._predictor.predict_single_npy_array(
+                data, {"spacing": [float(s) for s in spacing_zyx]}, None, None, False
+            )
+        return np.asarray(seg)
+
+
+# ---------------------------------------------------------------------------------------------
+# Planning, preprocessing and training
+
+
+def dataset_name(dataset_id: int, raw_dir: Path) -> str:
+    """The ``Dataset{ID:03d}_{Name}`` folder name of a raw dataset."""
+    matches = sorted(p.name for p in raw_dir.glob(f"Dataset{dataset_id:03d}_*") if p.is_dir())
+    if len(matches) != 1:
+        raise ValueError(f"expected one Dataset{dataset_id:03d}_* folder in {raw_dir}, found {len(matches)}")
+    return matches[0]
+
+
+def plan_and_preprocess(dataset_id: int, paths: NnUNetPaths, *, configuration: str = "3d_fullres",
+                        plans: str = "nnUNetPlans", num_processes: int = 1) -> Path:
+    """nnU-Net's fingerprint, experiment planning and preprocessing of one configuration.
+
+    Returns the plans file. Runs in this process with ``num_processes`` workers.
+    """
+    from nnunetv2.experiment_planning.plan_and_preprocess_api import (
+        extract_fingerprint_dataset,
+        plan_experiment_dataset,
+        preprocess_dataset,
+    )
+
+    with nnunet_environment(paths), _quiet_nnunet():
+        extract_fingerprint_dataset(dataset_id, num_processes=num_processes, check_dataset_integrity=False,
+                                    clean=True, verbose=False, show_progress_bar=False)
+        plan_experiment_dataset(dataset_id, overwrite_plans_name=None if plans == "nnUNetPlans" else plans)
+        preprocess_dataset(dataset_id, plans_identifier=plans, configurations=(configuration,),
+                           num_processes=(num_processes,), verbose=False, show_progress_bar=False)
+    return Path(str(paths.preprocessed)) / dataset_name(dataset_id, Path(str(paths.raw))) / f"{plans}.json"
+
+
+@dataclass(frozen=True)
+class TrainingSchedule:
+    """Length of a training run; ``None`` keeps the trainer's own value."""
+
+    epochs: int | None = None
+    iterations_per_epoch: int | None = None
+    val_iterations_per_epoch: int | None = None
+    initial_lr: float | None = None
+
+
+def apply_plans_override(plans_file: Path, configuration: str, override: Mapping[str, Any]) -> None:
+    """Deep-merge ``override`` into one configuration of an nnU-Net plans file, in place.
+
+    Used for smaller or larger architectures than nnU-Net plans (e.g. ``patch_size``,
+    ``batch_size``, ``architecture.arch_kwargs``); ``data_identifier`` is kept, so the
+    preprocessed data stay valid.
+    """
+    plans = json.loads(plans_file.read_text(encoding="utf-8"))
+    if configuration not in plans.get("configurations", {}):
+        raise ValueError(f"{plans_file.name} has no configuration '{configuration}'")
+
+    def merge(base: dict[str, Any], extra: Mapping[str, Any]) -> None:
+        for key, value in extra.items():
+            if isinstance(value, Mapping) and isinstance(base.get(key), dict):
+                merge(base[key], value)
+            else:
+                base[key] = value
+
+    merge(plans["configurations"][configuration], override)
+    plans_file.write_text(json.dumps(plans, indent=2), encoding="utf-8")
+
+
+def train(dataset_id: int, paths: NnUNetPaths, *, configuration: str, fold: int | str, trainer: str,
+          plans: str, device: Any, schedule: TrainingSchedule = TrainingSchedule(),
+          resume: bool = False, augmentation_workers: int | None = None) -> Path:
+    """Train one fold with nnU-Net's trainer ``trainer`` (a class name nnU-Net can find).
+
+    The schedule is set on the trainer instance, so the checkpoint records the trainer's own
+    name and the model folder is exactly where nnU-Net (and ``predict``) looks for it.
+    Returns the fold's output folder.
+    """
+    import torch
+    from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    extra = {} if augmentation_workers is None else {"nnUNet_n_proc_DA": str(augmentation_workers)}
+    with nnunet_environment(paths, **extra), _quiet_nnunet(_TRAINING_PROGRESS):
+        nnunet_trainer = get_trainer_from_args(str(dataset_id), configuration, fold, trainer, plans,
+                                               continue_training=resume, device=device)
+        if schedule.epochs is not None:
+            nnunet_trainer.num_epochs = schedule.epochs
+        if schedule.iterations_per_epoch is not None:
+            nnunet_trainer.num_iterations_per_epoch = schedule.iterations_per_epoch
+        if schedule.initial_lr is not None:
+            nnunet_trainer.initial_lr = schedule.initial_lr
+        if schedule.val_iterations_per_epoch is not None:
+            nnunet_trainer.num_val_iterations_per_epoch = schedule.val_iterations_per_epoch
+        maybe_load_checkpoint(nnunet_trainer, resume, validation_only=False)
+        if device.type == "cpu":
+            torch.set_num_threads(max(1, os.cpu_count() or 1))
+        nnunet_trainer.run_training()
+        nnunet_trainer.perform_actual_validation(False)
+    return Path(nnunet_trainer.output_folder)

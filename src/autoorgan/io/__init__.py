@@ -1,0 +1,1 @@
+"""Reading CT images, orientation handling and atomic writing of outputs."""

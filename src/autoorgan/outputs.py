@@ -1,0 +1,62 @@
+"""The layout of an output folder, and whether a case's outputs are complete.
+
+For case ``C`` a run writes ``C.nii.gz`` (the label map) and then ``C.json`` (the sidecar). The
+sidecar is written last, so its presence means the case finished; both are written atomically.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoorgan.io.writing import leftover_temporaries
+
+log = logging.getLogger(__name__)
+
+LABEL_SUFFIX = ".nii.gz"
+SIDECAR_SUFFIX = ".json"
+
+
+@dataclass(frozen=True)
+class CaseOutputs:
+    """Paths of one case's outputs."""
+
+    folder: Path
+    case_id: str
+
+    @property
+    def label_map(self) -> Path:
+        return self.folder / f"{self.case_id}{LABEL_SUFFIX}"
+
+    @property
+    def sidecar(self) -> Path:
+        return self.folder / f"{self.case_id}{SIDECAR_SUFFIX}"
+
+    def read_sidecar(self) -> dict[str, Any] | None:
+        """The sidecar's content, or ``None`` if it is missing or unreadable."""
+        try:
+            data = json.loads(self.sidecar.read_text(encoding="utf-8"))
+        except (OSError, ValueError):
+            return None
+        return data if isinstance(data, dict) else None
+
+    def is_complete(self, task_name: str, dataset_id: int) -> bool:
+        """True if a finished result of this task (same dataset) is already there."""
+        if not self.label_map.is_file():
+            return False
+        data = self.read_sidecar()
+        if data is None:
+            return False
+        return data.get("task") == task_name and data.get("dataset_id") == dataset_id
+
+    def remove_leftovers(self) -> int:
+        """Delete temporary files an interrupted run left for this case; returns how many."""
+        stale = leftover_temporaries(self.folder, self.case_id)
+        for path in stale:
+            path.unlink(missing_ok=True)
+        if stale:
+            log.info("%s: removed %d leftover temporary file(s)", self.case_id, len(stale))
+        return len(stale)

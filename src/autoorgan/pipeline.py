@@ -1,0 +1,218 @@
+"""The per-case flow — read, reorient, predict, restore the grid, write — and the batch loop.
+
+A batch never stops for one bad case: each case's failure is caught, reported in one line and
+recorded, and the loop goes on. Outputs are written atomically with the sidecar last, so a case
+counts as done only when everything it produces is complete.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from autoorgan import __version__
+from autoorgan.errors import AutoOrganError, CaseError, ModelLoadError, OutputError
+from autoorgan.io.cases import Case
+from autoorgan.io.image import Volume, image_from_array, read_volume
+from autoorgan.io.orientation import plan_reorientation
+from autoorgan.io.writing import write_image, write_json
+from autoorgan.outputs import CaseOutputs
+from autoorgan.tasks import Task
+
+log = logging.getLogger(__name__)
+
+Status = Literal["done", "skipped", "failed"]
+
+
+class Predictor(Protocol):
+    """What the pipeline needs of a loaded model (see :class:`autoorgan.engine.Segmenter`)."""
+
+    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class CaseResult:
+    """How one case went."""
+
+    case_id: str
+    status: Status
+    seconds: float = 0.0
+    error: str | None = None
+    output: Path | None = None
+
+
+@dataclass
+class BatchResult:
+    """All cases of a run (of this shard)."""
+
+    results: list[CaseResult] = field(default_factory=list)
+
+    def count(self, status: Status) -> int:
+        return sum(r.status == status for r in self.results)
+
+    @property
+    def failed(self) -> list[CaseResult]:
+        return [r for r in self.results if r.status == "failed"]
+
+    @property
+    def ok(self) -> bool:
+        return not self.failed
+
+
+class ProgressListener:
+    """Receives progress of a batch. The default does nothing; the CLI draws progress bars."""
+
+    def batch_started(self, total: int, to_do: int) -> None:
+        """``total`` cases in this shard, ``to_do`` of them not yet complete."""
+
+    def case_started(self, case_id: str) -> None:
+        """Work on a case begins."""
+
+    def case_stage(self, case_id: str, stage: str) -> None:
+        """A case enters a stage: ``reading``, ``loading model``, ``predicting``, ``writing``."""
+
+    def case_finished(self, result: CaseResult) -> None:
+        """A case ended (done, skipped or failed)."""
+
+
+def label_dtype(max_label: int) -> type[np.unsignedinteger[Any]]:
+    """uint8 where every label fits, else uint16."""
+    return np.uint8 if max_label <= np.iinfo(np.uint8).max else np.uint16
+
+
+def prepare_intensities(array: np.ndarray) -> np.ndarray:
+    """Float32 copy of the CT for the network; non-finite voxels become the image's minimum."""
+    data = np.asarray(array, dtype=np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        fill = float(data[finite].min()) if finite.any() else 0.0
+        data = np.where(finite, data, fill)
+        log.warning("%d non-finite voxel(s) replaced by %g before prediction", int((~finite).sum()), fill)
+    return data
+
+
+def segment_volume(volume: Volume, task: Task, predictor: Predictor) -> np.ndarray:
+    """Label map of ``volume`` on its own grid (``[x, y, z]``, the volume's shape).
+
+    The CT is permuted/flipped into the orientation the task's model was trained in, predicted,
+    and the prediction is brought back with the exact inverse permutation — no resampling of
+    the CT or of the labels by autoorgan.
+    """
+    reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
+    oriented = reorientation.to_target(prepare_intensities(volume.array))
+    spacing = reorientation.spacing(volume.geometry.spacing)
+    prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]))
+    labels = reorientation.to_source(np.asarray(prediction_zyx).transpose(2, 1, 0))
+    if labels.shape != volume.array.shape:
+        raise CaseError(f"prediction shape {labels.shape} differs from the image {volume.array.shape}")
+    return np.ascontiguousarray(labels.astype(label_dtype(task.max_label), copy=False))
+
+
+def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
+                  label_file: str, orientation: str) -> dict[str, Any]:
+    """The sidecar written next to a label map: what made it and what its values mean.
+
+    It deliberately holds no image metadata beyond the input file's name (no patient data).
+    """
+    return {
+        "task": task.name,
+        "dataset_id": task.dataset_id,
+        "trainer": trainer,
+        "plans": task.plans,
+        "configuration": task.configuration,
+        "fold": task.fold,
+        "labels": {str(value): name for value, name in task.labels.items()},
+        "label_map": label_file,
+        "input": case.path.name,
+        "input_orientation": orientation,
+        "model_orientation": task.orientation or orientation,
+        "versions": {"autoorgan": __version__, "nnunetv2": nnunet},
+    }
+
+
+@dataclass
+class BatchJob:
+    """Everything one batch run needs; :meth:`run` processes it.
+
+    ``load_predictor`` is called at most once, and only if a case needs predicting, so a
+    ``--continue`` over a finished folder never loads the model.
+    """
+
+    task: Task
+    cases: Sequence[Case]
+    output_dir: Path
+    load_predictor: Callable[[], Predictor]
+    trainer_name: Callable[[], str]
+    nnunet_version: str
+    resume: bool = False
+    listener: ProgressListener = field(default_factory=ProgressListener)
+    _predictor: Predictor | None = field(default=None, init=False, repr=False)
+
+    def _ensure_output_dir(self) -> None:
+        try:
+            self.output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create output folder {self.output_dir}: {exc.strerror or exc}") from None
+
+    def run(self) -> BatchResult:
+        self._ensure_output_dir()
+        outputs = {c.case_id: CaseOutputs(self.output_dir, c.case_id) for c in self.cases}
+        for out in outputs.values():
+            out.remove_leftovers()
+        pending = [c for c in self.cases
+                   if not (self.resume and outputs[c.case_id].is_complete(self.task.name, self.task.dataset_id))]
+        self.listener.batch_started(len(self.cases), len(pending))
+        batch = BatchResult()
+        for case in self.cases:
+            if case not in pending:
+                result = CaseResult(case.case_id, "skipped", output=outputs[case.case_id].label_map)
+                self.listener.case_finished(result)
+                batch.results.append(result)
+        for case in pending:
+            self.listener.case_started(case.case_id)
+            result = self._run_case(case, outputs[case.case_id])
+            self.listener.case_finished(result)
+            batch.results.append(result)
+        return batch
+
+    def _predictor_loaded(self, case_id: str) -> Predictor:
+        if self._predictor is None:
+            self.listener.case_stage(case_id, "loading model")
+            self._predictor = self.load_predictor()
+        return self._predictor
+
+    def _run_case(self, case: Case, out: CaseOutputs) -> CaseResult:
+        start = time.perf_counter()
+        try:
+            self.listener.case_stage(case.case_id, "reading")
+            volume = read_volume(case.path)
+            predictor = self._predictor_loaded(case.case_id)
+            self.listener.case_stage(case.case_id, "predicting")
+            labels = segment_volume(volume, self.task, predictor)
+            self.listener.case_stage(case.case_id, "writing")
+            write_image(image_from_array(labels, volume.geometry), out.label_map)
+            orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
+            sidecar = build_sidecar(self.task, case, trainer=self.trainer_name(), nnunet=self.nnunet_version,
+                                    label_file=out.label_map.name, orientation=orientation)
+            write_json(sidecar, out.sidecar)
+        except (OutputError, ModelLoadError):
+            raise
+        except (CaseError, AutoOrganError) as exc:
+            log.error("%s", exc)
+            return CaseResult(case.case_id, "failed", time.perf_counter() - start, str(exc))
+        except MemoryError:
+            message = f"{case.path.name}: out of memory"
+            log.error("%s", message)
+            return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
+        except Exception as exc:  # noqa: BLE001 - one case's unexpected failure must not end the batch
+            message = f"{case.path.name}: {type(exc).__name__}: {exc}".splitlines()[0]
+            log.error("%s", message)
+            log.debug("details of the failure of %s", case.case_id, exc_info=True)
+            return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
+        return CaseResult(case.case_id, "done", time.perf_counter() - start, output=out.label_map)

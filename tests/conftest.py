@@ -1,0 +1,57 @@
+"""Shared fixtures: the real test data folder, synthetic phantoms, and a real nnU-Net model
+trained once per test session with autoorgan's own training path."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import SimpleITK as sitk
+
+from autoorgan.phantom import reorient
+from fixture_model import FIXTURE_TASK, TINY_PLANS, TRAIN_ORIENTATIONS, pelvis_phantom
+
+ROOT = Path(__file__).resolve().parents[1]
+
+def real_data_dir() -> Path:
+    """The real CT folder: ``$AUTOORGAN_TEST_DATA``, default ``../shared/data/real``."""
+    return Path(os.environ.get("AUTOORGAN_TEST_DATA", ROOT.parent / "shared" / "data" / "real"))
+
+
+@pytest.fixture(scope="session")
+def real_data() -> Path:
+    folder = real_data_dir()
+    if not (folder / "PROVENANCE.md").is_file():
+        pytest.skip(f"real CT test data not found at {folder} (set AUTOORGAN_TEST_DATA)")
+    return folder
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Tests choose their models folder explicitly; a user's environment must not leak in."""
+    for var in ("AUTOORGAN_MODELS", "nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed", "AUTOORGAN_WORK"):
+        monkeypatch.delenv(var, raising=False)
+
+
+@pytest.fixture(scope="session")
+def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """A models folder holding a real nnU-Net model of the fixture task, trained by ``autoorgan.api.train``."""
+    from autoorgan import api
+    from autoorgan.tasks import load_registry
+
+    base = tmp_path_factory.mktemp("fixture_model")
+    task = load_registry().get_task(FIXTURE_TASK)
+    data = base / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for i, codes in enumerate(TRAIN_ORIENTATIONS):
+        phantom = pelvis_phantom(100 + i)
+        sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
+        sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
+    models = base / "models"
+    api.train(task=FIXTURE_TASK, data=data, models_dir=models, work_dir=base / "work", device="cpu",
+              epochs=25, iterations_per_epoch=25, initial_lr=0.1, plans_override=TINY_PLANS,
+              augmentation_workers=0)
+    yield models

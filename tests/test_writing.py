@@ -1,0 +1,66 @@
+"""Atomic writes: a target is either absent or complete; interrupted writes leave only hidden temporaries."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import SimpleITK as sitk
+
+from autoorgan.errors import OutputError
+from autoorgan.io.writing import atomic_path, leftover_temporaries, temporary_sibling, write_image, write_json
+from autoorgan.outputs import CaseOutputs
+
+
+def test_temporary_keeps_the_image_ending_and_is_hidden(tmp_path: Path) -> None:
+    tmp = temporary_sibling(tmp_path / "case.v2.nii.gz")
+    assert tmp.name.startswith(".case.v2.tmp-") and tmp.name.endswith(".nii.gz")
+    assert tmp.parent == tmp_path
+
+
+def test_failed_write_leaves_nothing(tmp_path: Path) -> None:
+    target = tmp_path / "a.json"
+    with pytest.raises(RuntimeError), atomic_path(target) as tmp:
+        tmp.write_text("partial")
+        raise RuntimeError("killed mid-write")
+    assert not target.exists()
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_write_image_and_json(tmp_path: Path) -> None:
+    img = sitk.GetImageFromArray(np.arange(24, dtype=np.uint8).reshape(2, 3, 4))
+    write_image(img, tmp_path / "x.nii.gz")
+    write_json({"a": 1}, tmp_path / "x.json")
+    assert sitk.GetArrayFromImage(sitk.ReadImage(str(tmp_path / "x.nii.gz"))).sum() == np.arange(24).sum()
+    assert json.loads((tmp_path / "x.json").read_text()) == {"a": 1}
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["x.json", "x.nii.gz"]
+
+
+def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
+    missing = tmp_path / "no" / "such" / "dir" / "x.json"
+    with pytest.raises(OutputError, match="cannot write"):
+        write_json({}, missing)
+
+
+def test_leftovers_are_found_per_case(tmp_path: Path) -> None:
+    for name in (".a.tmp-123.nii.gz", ".a.tmp-9.json", ".ab.tmp-1.nii.gz", ".a[1].tmp-2.json", "a.nii.gz"):
+        (tmp_path / name).write_text("x")
+    assert [p.name for p in leftover_temporaries(tmp_path, "a")] == [".a.tmp-123.nii.gz", ".a.tmp-9.json"]
+    assert [p.name for p in leftover_temporaries(tmp_path, "a[1]")] == [".a[1].tmp-2.json"]
+    assert CaseOutputs(tmp_path, "a").remove_leftovers() == 2
+    assert (tmp_path / ".ab.tmp-1.nii.gz").exists() and (tmp_path / "a.nii.gz").exists()
+
+
+def test_completeness_needs_label_map_and_matching_sidecar(tmp_path: Path) -> None:
+    out = CaseOutputs(tmp_path, "c")
+    assert not out.is_complete("ribs", 998)
+    out.label_map.write_bytes(b"x")
+    assert not out.is_complete("ribs", 998)  # no sidecar yet: the run died between the two
+    out.sidecar.write_text("{trunc")
+    assert not out.is_complete("ribs", 998)
+    out.sidecar.write_text(json.dumps({"task": "ribs", "dataset_id": 998}))
+    assert out.is_complete("ribs", 998)
+    assert not out.is_complete("ribs", 888)
+    assert not out.is_complete("organs", 998)
