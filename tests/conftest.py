@@ -4,12 +4,14 @@ trained once per test session with autoorgan's own training path."""
 from __future__ import annotations
 
 import os
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.models import find_model
 from autoorgan.phantom import reorient
 from fixture_model import FIXTURE_TASK, TINY_PLANS, TRAIN_ORIENTATIONS, pelvis_phantom
 
@@ -41,8 +43,15 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     from autoorgan import api
     from autoorgan.tasks import load_registry
 
-    base = tmp_path_factory.mktemp("fixture_model")
+    # For quick local iterations a developer may keep the trained model between sessions
+    # (AUTOORGAN_TEST_MODEL_CACHE=folder); CI never sets it and trains afresh.
+    cache = os.environ.get("AUTOORGAN_TEST_MODEL_CACHE")
+    base = Path(cache) if cache else tmp_path_factory.mktemp("fixture_model")
     task = load_registry().get_task(FIXTURE_TASK)
+    if cache and find_model(task, base / "models") is not None:
+        yield base / "models"
+        return
+    shutil.rmtree(base, ignore_errors=True)
     data = base / "data"
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()

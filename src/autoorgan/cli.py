@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import logging
 import sys
+import warnings
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, NoReturn
 
@@ -87,8 +88,11 @@ def _main(
         force=True,
     )
     if not verbose:
-        for noisy in ("nnunetv2", "autoorgan.engine", "PIL", "matplotlib"):
+        for noisy in ("nnunetv2", "autoorgan.engine", "PIL", "matplotlib", "numexpr"):
             logging.getLogger(noisy).setLevel(logging.WARNING)
+        # Deprecation notices from inside torch/nnU-Net are not the user's business.
+        warnings.filterwarnings("ignore", category=FutureWarning)
+        warnings.filterwarnings("ignore", category=DeprecationWarning)
 
 
 # ---------------------------------------------------------------------------------------------

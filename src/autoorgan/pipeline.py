@@ -81,6 +81,41 @@ class ProgressListener:
         """A case ended (done, skipped or failed)."""
 
 
+@dataclass
+class CaseContext:
+    """What one case has produced so far, handed to post-processing steps and output writers.
+
+    ``labels`` is the label map on the input's grid (``[x, y, z]``); steps may replace it.
+    ``sidecar`` is written last; steps add their own sections (e.g. ``"postprocess"``).
+    """
+
+    case: Case
+    volume: Volume
+    task: Task
+    outputs: CaseOutputs
+    labels: np.ndarray
+    sidecar: dict[str, Any] = field(default_factory=dict)
+
+
+class CaseStep(Protocol):
+    """A step run on each predicted case, in order: post-processing (changes ``ctx.labels``)
+    or an extra output (statistics, preview, per-structure masks, DICOM SEG...).
+
+    Steps run after prediction; extra outputs must be written atomically (see
+    :mod:`autoorgan.io.writing`). ``name`` appears in progress displays.
+    """
+
+    name: str
+
+    def __call__(self, ctx: CaseContext) -> None: ...
+
+
+class BatchStep(Protocol):
+    """Runs once after all cases of the batch (e.g. a CSV of all statistics, an HTML overview)."""
+
+    def __call__(self, results: BatchResult, output_dir: Path) -> None: ...
+
+
 def label_dtype(max_label: int) -> type[np.unsignedinteger[Any]]:
     """uint8 where every label fits, else uint16."""
     return np.uint8 if max_label <= np.iinfo(np.uint8).max else np.uint16
@@ -152,6 +187,12 @@ class BatchJob:
     nnunet_version: str
     resume: bool = False
     listener: ProgressListener = field(default_factory=ProgressListener)
+    #: Applied to ``ctx.labels`` before the label map is written (post-processing).
+    postprocess: Sequence[CaseStep] = ()
+    #: Run after the label map is written, before the sidecar (extra outputs).
+    extra_outputs: Sequence[CaseStep] = ()
+    #: Run once at the end of the batch.
+    finalizers: Sequence[BatchStep] = ()
     _predictor: Predictor | None = field(default=None, init=False, repr=False)
 
     def _ensure_output_dir(self) -> None:
@@ -179,6 +220,8 @@ class BatchJob:
             result = self._run_case(case, outputs[case.case_id])
             self.listener.case_finished(result)
             batch.results.append(result)
+        for finalize in self.finalizers:
+            finalize(batch, self.output_dir)
         return batch
 
     def _predictor_loaded(self, case_id: str) -> Predictor:
@@ -195,12 +238,20 @@ class BatchJob:
             predictor = self._predictor_loaded(case.case_id)
             self.listener.case_stage(case.case_id, "predicting")
             labels = segment_volume(volume, self.task, predictor)
-            self.listener.case_stage(case.case_id, "writing")
-            write_image(image_from_array(labels, volume.geometry), out.label_map)
             orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
-            sidecar = build_sidecar(self.task, case, trainer=self.trainer_name(), nnunet=self.nnunet_version,
-                                    label_file=out.label_map.name, orientation=orientation)
-            write_json(sidecar, out.sidecar)
+            ctx = CaseContext(case=case, volume=volume, task=self.task, outputs=out, labels=labels,
+                              sidecar=build_sidecar(self.task, case, trainer=self.trainer_name(),
+                                                    nnunet=self.nnunet_version, label_file=out.label_map.name,
+                                                    orientation=orientation))
+            for step in self.postprocess:
+                self.listener.case_stage(case.case_id, step.name)
+                step(ctx)
+            self.listener.case_stage(case.case_id, "writing")
+            write_image(image_from_array(ctx.labels, volume.geometry), out.label_map)
+            for step in self.extra_outputs:
+                self.listener.case_stage(case.case_id, step.name)
+                step(ctx)
+            write_json(ctx.sidecar, out.sidecar)
         except (OutputError, ModelLoadError):
             raise
         except (CaseError, AutoOrganError) as exc:

@@ -7,7 +7,10 @@ steps can rely on a 3D scalar volume with a sane grid; every failure becomes a
 
 from __future__ import annotations
 
+import gzip
 import logging
+import re
+import zlib
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -76,11 +79,29 @@ def read_volume(path: Path) -> Volume:
     name = path.name
     if path.is_file() and path.stat().st_size == 0:
         raise CaseError(f"{name}: file is empty")
+    if name.lower().endswith(".gz"):
+        _check_gzip(path)
     try:
         image = sitk.ReadImage(str(path))
     except RuntimeError as exc:
-        raise CaseError(f"{name}: cannot read image ({_first_line(exc)})") from None
+        raise CaseError(f"{name}: cannot read image ({_first_line(exc, path)})") from None
     return volume_from_image(image, name)
+
+
+def _check_gzip(path: Path) -> None:
+    """:class:`CaseError` if a gzip file is truncated or corrupt.
+
+    ITK's NIfTI reader accepts a truncated ``.nii.gz`` and silently fills the missing voxels, so
+    the stream is verified to its end (and its CRC) first.
+    """
+    try:
+        with gzip.open(path, "rb") as stream:
+            while stream.read(1 << 24):
+                pass
+    except EOFError:
+        raise CaseError(f"{path.name}: file is truncated (compressed data end early)") from None
+    except (OSError, zlib.error) as exc:
+        raise CaseError(f"{path.name}: corrupt compressed data ({exc})") from None
 
 
 def volume_from_image(image: sitk.Image, name: str) -> Volume:
@@ -119,7 +140,12 @@ def image_from_array(array_xyz: np.ndarray, geometry: Geometry) -> sitk.Image:
     return geometry.apply_to(image)
 
 
-def _first_line(exc: BaseException) -> str:
+def _first_line(exc: BaseException, path: Path | None = None) -> str:
+    """The informative line of an ITK exception, without the folder part of ``path``."""
     lines = [ln.strip() for ln in str(exc).splitlines() if ln.strip()]
     # ITK messages start with a location line; the last line says what went wrong.
-    return lines[-1] if lines else type(exc).__name__
+    text = lines[-1] if lines else type(exc).__name__
+    text = re.sub(r"^sitk::ERROR:\s*", "", text)
+    if path is not None:
+        text = text.replace(str(path), path.name)
+    return text
