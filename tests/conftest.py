@@ -3,6 +3,7 @@ trained once per test session with autoorgan's own training path."""
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 from collections.abc import Iterator
@@ -39,8 +40,10 @@ def _no_ambient_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
 
 @pytest.fixture(scope="session")
 def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A models folder holding a real nnU-Net model of the fixture task, trained by ``autoorgan.api.train``."""
-    from autoorgan import api
+    """A models folder holding a real nnU-Net model of the fixture task, trained by ``autoorgan train``."""
+    from typer.testing import CliRunner
+
+    from autoorgan.cli import app
     from autoorgan.tasks import load_registry
 
     # For quick local iterations a developer may keep the trained model between sessions
@@ -60,7 +63,14 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
         sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
         sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
     models = base / "models"
-    api.train(task=FIXTURE_TASK, data=data, models_dir=models, work_dir=base / "work", device="cpu",
-              epochs=25, iterations_per_epoch=25, initial_lr=0.1, plans_override=TINY_PLANS,
-              augmentation_workers=0)
+    plans_override = base / "tiny_plans.json"
+    plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
+    result = CliRunner().invoke(app, [
+        "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
+        "--work-dir", str(base / "work"), "--device", "cpu", "--epochs", "30", "--iterations-per-epoch", "25",
+        "--initial-lr", "0.1", "--plans-override", str(plans_override), "--augmentation-workers", "0", "--seed", "0",
+        "--quiet",
+    ])
+    if result.exit_code != 0:
+        pytest.fail(f"autoorgan train failed (exit {result.exit_code}): {result.output}{result.exception!r}")
     yield models

@@ -8,7 +8,7 @@ from autoorgan.phantom import Phantom, make_phantom
 FIXTURE_TASK = "hip"
 FIXTURE_STRUCTURES = ["hip_left", "hip_right", "sacrum"]
 #: Training phantoms are stored in mixed orientations; training brings them to the model's.
-TRAIN_ORIENTATIONS = ["RAS", "LPS", "LAS", "PIR", "RAS", "LPS", "SAR", "RAS"]
+TRAIN_ORIENTATIONS = ["RAS", "LPS", "LAS", "PIR", "RAS", "LPS", "SAR", "RAS", "ILP", "RAS", "LAI", "RAS"]
 #: A tiny 3d_fullres architecture (nnU-Net plans override) that trains in about a minute on 2 cores.
 TINY_PLANS = {
     "patch_size": [16, 24, 32],

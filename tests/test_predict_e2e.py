@@ -143,8 +143,11 @@ def test_corrupt_case_is_reported_and_the_rest_complete(trained_models: Path, tm
     assert "2 done" in result.output and "2 failed" in result.output
     assert "broken.nii.gz" in result.output and "text.nii.gz" in result.output
     assert "Traceback" not in result.output
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["good1.json", "good1.nii.gz", "good2.json",
-                                                                     "good2.nii.gz"]
+    # every run also writes its overview page and run record (see tests/test_report_e2e.py)
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()
+                  if p.name != "index.html" and not p.name.startswith("autoorgan_run")
+                  and not p.name.endswith(".error.json")) == [
+        "good1.json", "good1.nii.gz", "good2.json", "good2.nii.gz"]
 
 
 def test_missing_model_is_one_clear_line(tmp_path: Path) -> None:
@@ -197,3 +200,35 @@ def test_install_weights_round_trip_and_refusals(trained_models: Path, tmp_path:
     assert "absolute path" in runner.invoke(app, ["install-weights", str(absolute), "--models-dir",
                                                   str(target)]).output
     shutil.rmtree(fresh)
+
+
+def test_model_is_loaded_once_per_run_via_the_python_api(trained_models: Path, tmp_path: Path) -> None:
+    import autoorgan
+    from autoorgan.pipeline import ProgressListener
+
+    class Recorder(ProgressListener):
+        def __init__(self) -> None:
+            self.stages: list[tuple[str, str]] = []
+
+        def case_stage(self, case_id: str, stage: str) -> None:
+            self.stages.append((case_id, stage))
+
+    _write_cases(tmp_path / "in", ["m1", "m2", "m3"])
+    recorder = Recorder()
+    result = autoorgan.predict(task="hip", input=str(tmp_path / "in"), output=str(tmp_path / "out"),
+                               models_dir=str(trained_models), device="cpu", listener=recorder)
+    assert result.ok and result.count("done") == 3
+    assert [s for _, s in recorder.stages].count("loading model") == 1
+    assert [c for c, s in recorder.stages if s == "predicting"] == ["m1", "m2", "m3"]
+
+
+def test_unavailable_device_is_a_clear_error(trained_models: Path, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    _write_cases(tmp_path / "in", ["d"])
+    result = runner.invoke(app, ["predict", "--task", "hip", "-i", str(tmp_path / "in"), "-o", str(tmp_path / "o"),
+                                 "--models-dir", str(trained_models), "--device", "cuda:1"])
+    assert result.exit_code == 2 and "CUDA is not available" in result.output
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())

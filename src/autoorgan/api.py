@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import logging
 import os
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from autoorgan.errors import InputError, ModelLoadError
-from autoorgan.io.cases import find_cases
+from autoorgan.io.cases import Case, find_cases
 from autoorgan.models import (
     InstalledModel,
     find_model,
@@ -50,7 +50,16 @@ def predict(
     num_parts: int = 1,
     resume: bool = False,
     step_size: float = 0.5,
+    trust_checkpoint: bool = False,
     listener: ProgressListener | None = None,
+    skip_failed: bool = False,
+    statistics: bool = False,
+    preview: bool = False,
+    postprocess: bool | None = None,
+    output_type: str = "nifti",
+    split: bool = False,
+    split_only: bool = False,
+    roi_subset: str | Sequence[str] | None = None,
 ) -> BatchResult:
     """Segment every CT of ``input`` (a file or a folder) with the model of ``task``.
 
@@ -74,11 +83,31 @@ def predict(
     part_id, num_parts:
         Process only shard ``part_id`` of ``num_parts``; a case's shard depends only on its id.
     resume:
-        Skip cases whose outputs are already complete (``--continue``).
+        Skip cases whose outputs are already complete (``--continue``); failed cases (those with
+        an ``OUTPUT/<case>.error.json`` record) are retried unless ``skip_failed``.
     step_size:
         Sliding-window step as a fraction of the patch size (nnU-Net's default 0.5).
+    trust_checkpoint:
+        Load a checkpoint that needs arbitrary code to unpickle. By default such a checkpoint is
+        refused: checkpoints are loaded with ``torch.load(weights_only=True)``.
     listener:
         Receives progress events.
+    statistics, preview:
+        Also write ``OUTPUT/<case>.stats.json`` and ``OUTPUT/statistics.csv`` (per-structure
+        statistics), and ``OUTPUT/<case>.png`` (preview picture). Every run writes
+        ``OUTPUT/index.html`` (overview) and its own run record ``OUTPUT/autoorgan_run-part….json``.
+    postprocess:
+        Anatomical repair of each label map (islands, left/right, vertebrae, ribs; see
+        :mod:`autoorgan.postprocess`); ``None``: on for bone tasks, off for organs.
+
+    output_type:
+        ``nifti`` (``<case>.nii.gz``), ``nrrd`` (``<case>.nrrd``) or ``dicom-seg`` (DICOM input only:
+        ``<case>.seg.dcm`` referencing the source series, besides the NIfTI label map).
+    split, split_only:
+        Also write one binary mask per structure, ``OUTPUT/<case>/<structure>.nii.gz``;
+        ``split_only``: those masks instead of the label map.
+    roi_subset:
+        Keep only these structures (names of the task's labels, comma-separated or a list).
 
     Returns
     -------
@@ -90,6 +119,7 @@ def predict(
         raise InputError(f"step size must be in (0, 1], got {step_size}")
     the_task = resolve_task(task, tasks_file=tasks_file, dataset_id=dataset_id, trainer=trainer, fold=fold,
                             configuration=configuration, plans=plans)
+    output_steps = _output_steps(the_task, output_type, split=split, split_only=split_only, roi_subset=roi_subset)
     input_path, output_dir = Path(input), Path(output)
     all_cases = find_cases(input_path, exclude=output_dir)
     cases = select_shard(all_cases, [c.case_id for c in all_cases], part_id, num_parts)
@@ -104,7 +134,11 @@ def predict(
 
     def load() -> engine.Segmenter:
         try:
-            segmenter = engine.Segmenter(location.folder, the_task.fold, torch_device, tile_step_size=step_size)
+            segmenter = engine.Segmenter(location.folder, the_task.fold, torch_device, tile_step_size=step_size,
+                                         trust_checkpoint=trust_checkpoint)
+        except engine.UnsafeCheckpoint as exc:
+            raise ModelLoadError(f"refusing to load {location.checkpoint}: {exc}; pass --trust-checkpoint only "
+                                 "if you trust where this model comes from") from None
         except Exception as exc:  # noqa: BLE001 - any failure inside nnU-Net's loader
             raise ModelLoadError(f"cannot load the model in {location.folder}: {type(exc).__name__}: {exc}"
                                  .splitlines()[0]) from None
@@ -120,8 +154,86 @@ def predict(
         nnunet_version=engine.nnunet_version(),
         resume=resume,
         listener=listener or ProgressListener(),
+        skip_failed=skip_failed,
+        postprocess=_postprocess_steps(the_task, postprocess),
+        **_report_steps(the_task, cases, location.checkpoint, torch_device, statistics=statistics, preview=preview,
+                        options={"task": the_task.name, "input": str(input_path), "output": str(output_dir),
+                                 "models_dir": None if models_dir is None else str(models_dir),
+                                 "dataset_id": dataset_id, "trainer": trainer, "fold": fold,
+                                 "configuration": configuration, "plans": plans, "device": device,
+                                 "part_id": part_id, "num_parts": num_parts, "resume": resume,
+                                 "skip_failed": skip_failed, "step_size": step_size,
+                                 "trust_checkpoint": trust_checkpoint, "statistics": statistics,
+                                 "preview": preview},
+                        part_id=part_id, num_parts=num_parts),
     )
+    _add_output_steps(job, output_steps)
     return job.run()
+
+
+def _output_steps(task: Task, output_type: str, *, split: bool, split_only: bool,
+                  roi_subset: str | Sequence[str] | None) -> dict[str, Any]:
+    """Checked ``--output-type/--split/--roi-subset`` as BatchJob settings and steps."""
+    from autoorgan.io.dicom_seg import DicomSegStep
+    from autoorgan.outputs_split import SplitMasksStep
+    from autoorgan.roi import RoiSubsetStep, resolve_roi_subset
+
+    kinds = {"nifti": ".nii.gz", "nrrd": ".nrrd", "dicom-seg": ".nii.gz"}
+    kind = output_type.strip().lower().replace("_", "-")
+    if kind not in kinds:
+        raise InputError(f"output type must be one of {', '.join(kinds)}, got '{output_type}'")
+    structures = None
+    if roi_subset is not None:
+        names = roi_subset.split(",") if isinstance(roi_subset, str) else list(roi_subset)
+        structures = resolve_roi_subset(task.labels, names, task.name)
+    extra: list[Any] = []
+    if split or split_only:
+        extra.append(SplitMasksStep(structures, suffix=kinds[kind]))
+    if kind == "dicom-seg":
+        extra.append(DicomSegStep())
+    return {"label_suffix": kinds[kind], "write_label_map": not split_only,
+            "postprocess": [RoiSubsetStep(structures)] if structures else [], "extra_outputs": extra}
+
+
+def _add_output_steps(job: BatchJob, steps: dict[str, Any]) -> None:
+    """Label-map format and the output steps: the ROI subset after other post-processing, the
+    masks and DICOM SEG after the other extra outputs."""
+    job.label_suffix = steps["label_suffix"]
+    job.write_label_map = steps["write_label_map"]
+    job.postprocess = [*job.postprocess, *steps["postprocess"]]
+    job.extra_outputs = [*job.extra_outputs, *steps["extra_outputs"]]
+
+
+def _postprocess_steps(task: Task, enabled: bool | None) -> list[Any]:
+    """The repair step of a predict run: on by default for bone tasks."""
+    from autoorgan.postprocess import BONE_TASKS
+    from autoorgan.postprocess.step import RepairStep
+
+    if enabled is None:
+        enabled = task.name in BONE_TASKS
+    return [RepairStep()] if enabled else []
+
+
+def _report_steps(task: Task, cases: Sequence[Case], checkpoint: Path, torch_device: object, *,
+                  statistics: bool, preview: bool, options: Mapping[str, Any], part_id: int,
+                  num_parts: int) -> dict[str, Any]:
+    """The report outputs of a predict run as BatchJob fields (see :mod:`autoorgan.report.steps`)."""
+    from autoorgan.report import steps
+    from autoorgan.report.run_record import RunRecorder, describe_device
+
+    case_steps: list[steps.ReportStep] = []
+    if statistics:
+        case_steps.append(steps.StatisticsStep())
+    if preview:
+        case_steps.append(steps.PreviewStep())
+    recorder = RunRecorder(part_id=part_id, num_parts=num_parts, options=options, checkpoints=[checkpoint],
+                           device=describe_device(torch_device))
+    finalizers: list[Any] = [steps.BackfillSkipped(task, cases, case_steps)] if case_steps else []
+    finalizers.append(recorder)
+    if statistics:
+        finalizers.append(steps.StatisticsTable())
+    finalizers.append(steps.IndexPage(task, recorder))
+    return {"extra_outputs": case_steps, "finalizers": finalizers}
 
 
 def _device(device: str) -> object:
@@ -210,6 +322,7 @@ def train(
     plans_override: Mapping[str, Any] | None = None,
     num_processes: int = 1,
     augmentation_workers: int | None = None,
+    seed: int | None = None,
 ) -> Path:
     """Train the model of ``task`` on ``data`` (``images/`` + ``labels/``) with nnU-Net.
 
@@ -247,9 +360,90 @@ def train(
         schedule=engine.TrainingSchedule(epochs=epochs, iterations_per_epoch=iterations_per_epoch,
                                          val_iterations_per_epoch=None if iterations_per_epoch is None
                                          else max(1, iterations_per_epoch // 5), initial_lr=initial_lr),
-        resume=resume, augmentation_workers=augmentation_workers,
+        resume=resume, augmentation_workers=augmentation_workers, seed=seed,
     )
     return fold_folder.parent
 
 
-__all__ = ["TaskStatus", "install_weights", "list_tasks", "predict", "task_labels", "train"]
+def export_weights(
+    *,
+    task: str,
+    output: PathLike,
+    models_dir: PathLike | None = None,
+    tasks_file: PathLike | None = None,
+    dataset_id: int | None = None,
+    trainer: str | None = None,
+    fold: int | str | None = None,
+    configuration: str | None = None,
+    plans: str | None = None,
+) -> Path:
+    """Write the installed model of ``task`` as a zip in nnU-Net's export format.
+
+    The archive holds the task's configuration and fold (``dataset.json``, ``plans.json``,
+    ``dataset_fingerprint.json``, ``checkpoint_final.pth``, ``progress.png`` and the validation
+    summary) and is accepted by :func:`install_weights` and by nnU-Net's own install command.
+    It is written to a temporary name and renamed into place. Returns the archive path.
+    """
+    from autoorgan import engine
+    from autoorgan.errors import OutputError
+    from autoorgan.io.writing import atomic_path
+
+    the_task = resolve_task(task, tasks_file=tasks_file, dataset_id=dataset_id, trainer=trainer, fold=fold,
+                            configuration=configuration, plans=plans)
+    location = require_model(the_task, resolve_models_dir(models_dir))
+    archive = Path(output)
+    if archive.suffix.lower() != ".zip":
+        raise InputError(f"the archive name must end in .zip, got {archive.name}")
+    wanted = [*engine.EXPORT_MODEL_FILES, *(f"{the_task.fold_folder}/{name}" for name in engine.EXPORT_FOLD_FILES)]
+    missing = [name for name in wanted if not (location.folder / name).is_file()]
+    if missing:
+        raise ModelLoadError(f"cannot export {location.folder}: nnU-Net's export format needs {', '.join(missing)} "
+                             "(written by a completed training, which ends with the validation)")
+    try:
+        archive.parent.mkdir(parents=True, exist_ok=True)
+        with atomic_path(archive) as tmp:
+            engine.export_model(location.folder, tmp, configuration=the_task.configuration, fold=the_task.fold,
+                                trainer=the_task.trainer, plans=the_task.plans)
+    except OSError as exc:
+        raise OutputError(f"cannot write {archive}: {exc.strerror or exc}") from None
+    log.info("exported %s fold %s to %s", location.folder, the_task.fold, archive)
+    return archive
+
+
+def repair(
+    *,
+    task: str,
+    input: PathLike,  # noqa: A002 - mirrors the -i/--input option
+    output: PathLike,
+    vertebrae: PathLike | None = None,
+    ct: PathLike | None = None,
+    skeleton: PathLike | None = None,
+    tasks_file: PathLike | None = None,
+    steps: Sequence[str] | None = None,
+) -> list[Any]:
+    """Anatomically repair label maps made earlier or by other tools.
+
+    ``input`` is a label map of ``task`` (or a folder of them); ``task="all"`` takes a merged
+    map's label table from its sidecar (``<case>.json``). ``vertebrae`` (a vertebrae map, used
+    to number ribs and close rib–vertebra gaps), ``ct`` and ``skeleton`` (bone for the
+    junction) are files on the same grid, or folders with files of the same case names.
+    ``output`` is a file for a single input, else a folder; each output keeps the input's grid
+    and pixel type and gets a sidecar listing what each step changed. ``steps`` limits the
+    steps run (default: all that apply: islands, sides, vertebrae, ribs, junction).
+
+    Returns one :class:`autoorgan.postprocess.batch.RepairedCase` per label map; a map that
+    cannot be read is reported there and the others go on.
+    """
+    from autoorgan.postprocess.batch import repair_files
+
+    labels_all = task.strip().lower() == "all"
+    the_task = None if labels_all else resolve_task(task, tasks_file=tasks_file)
+    vertebra_names = dict(resolve_task("vertebrae", tasks_file=tasks_file).labels)
+    return repair_files(task=the_task, labels_all=labels_all, input_path=Path(input), output=Path(output),
+                        vertebrae=None if vertebrae is None else Path(vertebrae), vertebra_names=vertebra_names,
+                        ct=None if ct is None else Path(ct), skeleton=None if skeleton is None else Path(skeleton),
+                        steps=steps)
+
+
+__all__ = ["TaskStatus", "export_weights", "install_weights", "list_tasks", "predict", "repair", "task_labels",
+           "train"]

@@ -108,10 +108,19 @@ def predict(
                                          "<case>.json sidecars.", show_default=False)],
     device: Annotated[str, typer.Option("--device", "-d", help="auto (CUDA if available), cpu, cuda, cuda:N "
                                         "or mps.")] = "auto",
-    part_id: Annotated[int, typer.Option("--part-id", help="This process's shard, 0..num-parts-1.")] = 0,
-    num_parts: Annotated[int, typer.Option("--num-parts", help="Number of shards (e.g. one per GPU). A case's "
+    part_id: Annotated[str, typer.Option("--part-id", help="This process's shard, 0..num-parts-1, or 'auto' "
+                                         "(the Slurm array task).")] = "0",
+    num_parts: Annotated[str, typer.Option("--num-parts", help="Number of shards or 'auto' (the Slurm array "
+                                           "size). A case's "
                                            "shard depends only on its name.")] = 1,
-    resume: Annotated[bool, typer.Option("--continue", "-c", help="Skip cases whose outputs are complete.")] = False,
+    resume: Annotated[bool, typer.Option("--continue", "-c", help="Skip cases whose outputs are complete "
+                                         "(failed cases are retried).")] = False,
+    skip_failed: Annotated[bool, typer.Option("--skip-failed", help="With --continue: do not retry cases that "
+                                              "failed before (OUT/<case>.error.json).")] = False,
+    devices: Annotated[str | None, typer.Option("--devices", help="Run one worker process per GPU, e.g. "
+                                                "cuda:0,cuda:1; each takes a shard.", show_default=False)] = None,
+    workers: Annotated[int | None, typer.Option("--workers", help="Run N worker processes on --device (e.g. "
+                                                "cpu); each takes a shard.", show_default=False)] = None,
     models_dir: ModelsDirOpt = None,
     tasks_file: TasksFileOpt = None,
     dataset_id: Annotated[int | None, typer.Option("--dataset-id", help="Use this nnU-Net dataset ID "
@@ -126,6 +135,27 @@ def predict(
                                               show_default=False)] = None,
     step_size: Annotated[float, typer.Option("--step-size", help="Sliding-window step as a fraction of the "
                                              "patch; larger is faster, 0.5 is nnU-Net's default.")] = 0.5,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Load a model checkpoint even if "
+                                                   "it needs arbitrary code to unpickle (only for models "
+                                                   "from a source you trust).")] = False,
+    statistics: Annotated[bool, typer.Option("--statistics", help="Also write per-structure statistics: "
+                                             "<case>.stats.json and statistics.csv (volume in ml, CT "
+                                             "intensities, centroid in mm, bounding box).")] = False,
+    preview: Annotated[bool, typer.Option("--preview", help="Also write <case>.png: axial, coronal and "
+                                          "sagittal slices and a coronal MIP with the labels.")] = False,
+    postprocess: Annotated[bool | None, typer.Option("--postprocess/--no-postprocess", help="Anatomical repair "
+                                                     "(islands, left/right, vertebrae, ribs); default: on for "
+                                                     "bone tasks, off for organs.", show_default=False)] = None,
+    output_type: Annotated[str, typer.Option("--output-type", help="Label map format: nifti (<case>.nii.gz), "
+                                             "nrrd (<case>.nrrd) or dicom-seg (DICOM input: also "
+                                             "<case>.seg.dcm referencing the series).")] = "nifti",
+    split: Annotated[bool, typer.Option("--split", help="Also write one binary mask per structure: "
+                                        "<case>/<structure>.nii.gz.")] = False,
+    split_only: Annotated[bool, typer.Option("--split-only", help="Write the per-structure masks instead of "
+                                             "the label map.")] = False,
+    roi_subset: Annotated[str | None, typer.Option("--roi-subset", help="Keep only these structures, "
+                                                   "comma-separated (e.g. liver,spleen; see 'autoorgan labels').",
+                                                   show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; errors and the "
                                         "summary only.")] = False,
 ) -> None:
@@ -148,16 +178,55 @@ def predict(
         fold_value = fold if fold == "all" else _int_option("--fold", fold)
     if quiet:
         logging.getLogger().setLevel(logging.WARNING)
+    if devices is not None or workers is not None:
+        from autoorgan.cli_cluster import predict_multi
+
+        if part_id != "0" or num_parts != "1":
+            _fail("--devices/--workers make the shards themselves; drop --part-id/--num-parts", 2)
+        forwarded = _forwarded_predict_args(
+            task=task, input=input, output=output, resume=resume, skip_failed=skip_failed, models_dir=models_dir,
+            tasks_file=tasks_file, dataset_id=dataset_id, trainer=trainer, fold=fold, configuration=configuration,
+            plans=plans, step_size=step_size, statistics=statistics, preview=preview,
+            trust_checkpoint=trust_checkpoint, postprocess=postprocess, output_type=output_type, split=split,
+            split_only=split_only, roi_subset=roi_subset)
+        code = _run(predict_multi, console, predict_args=forwarded, input=input, output=output, devices=devices,
+                    workers=workers, device=device, quiet=quiet)
+        raise typer.Exit(code)
+    import os
+
+    from autoorgan.sharding import resolve_shard
+
+    part, parts = _run(resolve_shard, part_id, num_parts, os.environ)
     with RichProgress(console, enabled=not quiet) as listener:
         result = _run(
             api.predict, task=task, input=input, output=output, models_dir=models_dir, tasks_file=tasks_file,
             dataset_id=dataset_id, trainer=trainer, fold=fold_value, configuration=configuration, plans=plans,
-            device=device, part_id=part_id, num_parts=num_parts, resume=resume, step_size=step_size,
-            listener=listener,
+            device=device, part_id=part, num_parts=parts, resume=resume, step_size=step_size, trust_checkpoint=trust_checkpoint,
+            listener=listener, skip_failed=skip_failed, statistics=statistics, preview=preview,
+            postprocess=postprocess, output_type=output_type, split=split, split_only=split_only,
+            roi_subset=roi_subset,
         )
     _print_summary(result, output)
     if not result.ok:
         raise typer.Exit(1)
+
+
+def _forwarded_predict_args(**opts: object) -> list[str]:
+    """The ``predict`` options a worker process repeats (all but device, shard and display)."""
+    args = ["--task", str(opts["task"]), "--input", str(opts["input"]), "--output", str(opts["output"]),
+            "--step-size", repr(opts["step_size"])]
+    for flag in ("resume", "skip_failed", "statistics", "preview", "trust_checkpoint", "split", "split_only"):
+        if opts.get(flag):
+            args.append("--continue" if flag == "resume" else f"--{flag.replace('_', '-')}")
+    if opts.get("postprocess") is not None:
+        args.append("--postprocess" if opts["postprocess"] else "--no-postprocess")
+    if opts.get("output_type") not in (None, "nifti"):
+        args += ["--output-type", str(opts["output_type"])]
+    for name in ("models_dir", "tasks_file", "dataset_id", "trainer", "fold", "configuration", "plans",
+                 "roi_subset"):
+        if opts.get(name) is not None:
+            args += [f"--{name.replace('_', '-')}", str(opts[name])]
+    return args
 
 
 def _int_option(name: str, value: str) -> int:
@@ -243,6 +312,221 @@ def install_weights(
             note = model.label_notes.get(name)
             verdict = "labels match the task table" if note is None else f"[yellow]labels differ: {note}[/]"
             out.print(f"  serves task '{name}': {verdict}", highlight=False)
+
+
+@app.command()
+def status(
+    input: Annotated[Path, typer.Option("--input", "-i", help="The CT file or folder of the batch.",
+                                        show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="The batch's output folder.", show_default=False)],
+    num_parts: Annotated[int, typer.Option("--num-parts", help="Show counts per shard for this many parts.")] = 1,
+    task: Annotated[str | None, typer.Option("--task", "-t", help="Count a case as done only if its output is "
+                                             "of this task.", show_default=False)] = None,
+    all_cases: Annotated[bool, typer.Option("--all", help="List done cases too.")] = False,
+) -> None:
+    """Which cases of a batch are done, failed or missing (per shard with --num-parts).
+
+    Reads only the folders, so it works for batches spread over GPUs, processes or Slurm array
+    tasks. Exit code 0 when every case is done, 1 while any is failed or missing.
+    """
+    from autoorgan.cli_cluster import print_status
+    from autoorgan.status import collect_status
+
+    batch = _run(collect_status, input, output, num_parts=num_parts, task=task)
+    print_status(console, out, batch, show_cases=all_cases)
+    if not batch.complete:
+        raise typer.Exit(1)
+
+
+# ---------------------------------------------------------------------------------------------
+# train, export-weights, demo
+
+
+@app.command()
+def train(
+    task: TaskOpt,
+    data: Annotated[Path, typer.Option("--data", help="Training data: a folder with images/ and labels/ "
+                                       "(matching case names, any readable format), or an nnU-Net raw dataset "
+                                       "(imagesTr/, labelsTr/, dataset.json).", show_default=False)],
+    device: Annotated[str, typer.Option("--device", "-d", help="auto (CUDA if available), cpu, cuda, cuda:N "
+                                        "or mps.")] = "auto",
+    resume: Annotated[bool, typer.Option("--continue", "-c", help="Resume an interrupted training from its "
+                                         "latest checkpoint (planning is not repeated).")] = False,
+    epochs: Annotated[int | None, typer.Option("--epochs", min=1, help="Number of epochs (default: the "
+                                               "trainer's own, 1000 for nnU-Net's trainers).",
+                                               show_default=False)] = None,
+    iterations_per_epoch: Annotated[int | None, typer.Option("--iterations-per-epoch", min=1, help="Training "
+                                                             "iterations per epoch (default: the trainer's, 250).",
+                                                             show_default=False)] = None,
+    initial_lr: Annotated[float | None, typer.Option("--initial-lr", min=0.0, help="Initial learning rate "
+                                                     "(default: the trainer's, 0.01).", show_default=False)] = None,
+    plans_override: Annotated[Path | None, typer.Option(
+        "--plans-override", exists=True, dir_okay=False, help="JSON object merged into the configuration of "
+        "nnU-Net's plans after planning (e.g. patch_size, batch_size, architecture).", show_default=False)] = None,
+    models_dir: ModelsDirOpt = None,
+    work_dir: Annotated[Path | None, typer.Option("--work-dir", help="Where nnU-Net's raw and preprocessed data "
+                                                  "are kept. Default: $AUTOORGAN_WORK, else ~/.cache/autoorgan.",
+                                                  show_default=False)] = None,
+    tasks_file: TasksFileOpt = None,
+    dataset_id: Annotated[int | None, typer.Option("--dataset-id", help="Train under this nnU-Net dataset ID "
+                                                   "instead of the task's.", show_default=False)] = None,
+    trainer: Annotated[str | None, typer.Option("--trainer", help="nnU-Net trainer class (default from the "
+                                                "task table: nnUNetTrainerNoMirroring).", show_default=False)] = None,
+    fold: Annotated[str | None, typer.Option("--fold", help="Fold to train (an integer or 'all'; default 0).",
+                                             show_default=False)] = None,
+    configuration: Annotated[str | None, typer.Option("--configuration", help="nnU-Net configuration "
+                                                      "(default 3d_fullres).", show_default=False)] = None,
+    plans: Annotated[str | None, typer.Option("--plans", help="nnU-Net plans identifier (default nnUNetPlans).",
+                                              show_default=False)] = None,
+    augmentation_workers: Annotated[int | None, typer.Option(
+        "--augmentation-workers", min=0, help="Data-augmentation worker processes (0: in-process; default: "
+        "nnU-Net's choice).", show_default=False)] = None,
+    seed: Annotated[int | None, typer.Option("--seed", help="Seed the random generators for a repeatable "
+                                             "training (with --augmentation-workers 0 on CPU).",
+                                             show_default=False)] = None,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Train a task's model with nnU-Net on labelled CTs; it lands where 'predict' finds it.
+
+    Every label file is checked first (only values of the task's label table, same grid as its
+    image). Then nnU-Net plans, preprocesses and trains (3d_fullres, nnUNetTrainerNoMirroring,
+    fold 0 unless the task or the options say otherwise).
+
+    Examples:
+
+      autoorgan train --task hip --data my_data/ --device cuda
+
+      autoorgan train --task my_liver --tasks-file my_tasks.toml --data Dataset501_Liver/ --epochs 300
+    """
+    from autoorgan import api
+    from autoorgan.cli_train import EpochProgress
+
+    fold_value: int | str | None = None
+    if fold is not None:
+        fold_value = fold if fold == "all" else _int_option("--fold", fold)
+    override = _read_plans_override(plans_override) if plans_override is not None else None
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    with EpochProgress(console, epochs, enabled=not quiet):
+        folder = _run(
+            api.train, task=task, data=data, models_dir=models_dir, work_dir=work_dir, tasks_file=tasks_file,
+            dataset_id=dataset_id, trainer=trainer, fold=fold_value, configuration=configuration, plans=plans,
+            device=device, epochs=epochs, iterations_per_epoch=iterations_per_epoch, initial_lr=initial_lr,
+            resume=resume, plans_override=override, augmentation_workers=augmentation_workers, seed=seed,
+        )
+    console.print(f"[green]trained[/] {folder}", highlight=False, soft_wrap=True)
+
+
+def _read_plans_override(path: Path) -> dict[str, object]:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        _fail(f"cannot read the plans override {path}: {exc}", 2)
+    if not isinstance(data, dict):
+        _fail(f"the plans override {path} must hold a JSON object", 2)
+    return data
+
+
+@app.command("export-weights")
+def export_weights(
+    task: TaskOpt,
+    output: Annotated[Path, typer.Option("--output", "-o", help="The zip archive to write.", show_default=False)],
+    models_dir: ModelsDirOpt = None,
+    tasks_file: TasksFileOpt = None,
+    dataset_id: Annotated[int | None, typer.Option("--dataset-id", help="Export this nnU-Net dataset ID "
+                                                   "instead of the task's.", show_default=False)] = None,
+    trainer: Annotated[str | None, typer.Option("--trainer", help="nnU-Net trainer name of the model.",
+                                                show_default=False)] = None,
+    fold: Annotated[str | None, typer.Option("--fold", help="Fold to export (an integer or 'all').",
+                                             show_default=False)] = None,
+    configuration: Annotated[str | None, typer.Option("--configuration", help="nnU-Net configuration.",
+                                                      show_default=False)] = None,
+    plans: Annotated[str | None, typer.Option("--plans", help="nnU-Net plans identifier.",
+                                              show_default=False)] = None,
+) -> None:
+    """Write a task's installed model as a zip that 'install-weights' (and nnU-Net) installs elsewhere."""
+    from autoorgan import api
+
+    fold_value: int | str | None = None
+    if fold is not None:
+        fold_value = fold if fold == "all" else _int_option("--fold", fold)
+    archive = _run(api.export_weights, task=task, output=output, models_dir=models_dir, tasks_file=tasks_file,
+                   dataset_id=dataset_id, trainer=trainer, fold=fold_value, configuration=configuration, plans=plans)
+    size = archive.stat().st_size / 1e6
+    out.print(f"exported {archive} ({size:.1f} MB); install with: autoorgan install-weights {archive.name}",
+              highlight=False, soft_wrap=True)
+
+
+@app.command()
+def demo(
+    output: Annotated[Path, typer.Option("--output", "-o", help="Folder for the phantom, the segmentation "
+                                         "and the summary.")] = Path("autoorgan_demo"),
+    device: Annotated[str, typer.Option("--device", "-d", help="auto (CUDA if available), cpu, cuda, cuda:N "
+                                        "or mps.")] = "cpu",
+    seed: Annotated[int, typer.Option("--seed", help="Seed of the synthetic phantom.")] = 1,
+) -> None:
+    """Run the whole pipeline on a synthetic phantom with the small DEMO MODEL shipped in the package.
+
+    The demo model was trained on synthetic phantoms only (scripts/make_demo_model.py): it shows
+    what autoorgan does without downloading weights, and is not for real CT. The demo
+    synthesizes a phantom (the pelvic region of a whole-body-like phantom), segments it
+    (hip_left, hip_right, sacrum), and prints Dice against the phantom's truth.
+    """
+    from autoorgan.cli_train import demo_table
+    from autoorgan.demo import DEMO_NOTE, run_demo
+
+    console.print(f"[yellow]{DEMO_NOTE}[/]", highlight=False, soft_wrap=True)
+    result = _run(run_demo, output=output, device=device, seed=seed)
+    out.print(demo_table(result.dice))
+    out.print(f"mean Dice {result.mean_dice:.3f} in {result.seconds:.1f} s", highlight=False)
+    out.print(f"CT {result.ct}\ntruth {result.truth}\nsegmentation {result.label_map}", highlight=False,
+              soft_wrap=True)
+    for extra in result.extra_files:
+        out.print(f"{extra}", highlight=False, soft_wrap=True)
+
+
+@app.command()
+def repair(
+    task: Annotated[str, typer.Option("--task", "-t", help="Task of the label maps (ribs, vertebrae, hip, ...), "
+                                      "or 'all' for merged maps (labels from their sidecar).",
+                                      show_default=False)],
+    input: Annotated[Path, typer.Option("--input", "-i", help="A label map file or a folder of them.",
+                                        show_default=False)],
+    output: Annotated[Path, typer.Option("--output", "-o", help="Output file (for one input file) or folder; "
+                                         "a <name>.json sidecar lists the changes.", show_default=False)],
+    vertebrae: Annotated[Path | None, typer.Option("--vertebrae", help="Vertebrae label map(s) on the same grid: "
+                                                   "rib numbering and rib-vertebra junctions.",
+                                                   show_default=False)] = None,
+    ct: Annotated[Path | None, typer.Option("--ct", help="The CT(s) on the same grid: bone for the rib-vertebra "
+                                            "junction, body for the midline.", show_default=False)] = None,
+    skeleton: Annotated[Path | None, typer.Option("--skeleton", help="Skeleton label map(s) on the same grid: "
+                                                  "bone for the rib-vertebra junction.", show_default=False)] = None,
+    step: Annotated[list[str] | None, typer.Option("--step", help="Run only these steps (repeatable): islands, "
+                                                   "sides, vertebrae, ribs, junction.", show_default=False)] = None,
+    tasks_file: TasksFileOpt = None,
+) -> None:
+    """Repair label maps: islands, left/right in patient space, vertebrae and ribs as one
+    correctly numbered piece each, rib-vertebra junctions.
+
+    Examples:
+
+      autoorgan repair --task ribs -i ribs.nii.gz --vertebrae vertebrae.nii.gz --ct ct.nii.gz -o fixed.nii.gz
+
+      autoorgan repair --task vertebrae -i maps/ -o fixed/
+    """
+    from autoorgan import api
+
+    results = _run(api.repair, task=task, input=input, output=output, vertebrae=vertebrae, ct=ct,
+                   skeleton=skeleton, tasks_file=tasks_file, steps=step or None)
+    failed = [r for r in results if not r.ok]
+    for r in results:
+        if r.ok:
+            detail = ", ".join(f"{s['step']} {s['changed_voxels']}" for s in r.steps)
+            out.print(f"{r.case_id}: {r.changed_voxels} voxel(s) changed ({detail}) → {r.output}", highlight=False)
+    for r in failed:
+        console.print(f"  [red]failed[/] {r.case_id}: {r.error}", highlight=False, markup=True, soft_wrap=True)
+    if failed:
+        raise typer.Exit(1)
 
 
 def main() -> None:

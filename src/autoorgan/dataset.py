@@ -45,17 +45,49 @@ def dataset_folder_name(task: Task) -> str:
     return f"Dataset{task.dataset_id:03d}_{name}"
 
 
+def is_raw_dataset(data_dir: Path) -> bool:
+    """Whether ``data_dir`` is an nnU-Net raw dataset (``dataset.json``, ``imagesTr/``, ``labelsTr/``)."""
+    return ((data_dir / "dataset.json").is_file() and (data_dir / "imagesTr").is_dir()
+            and (data_dir / "labelsTr").is_dir())
+
+
+def _raw_dataset_images(data_dir: Path) -> dict[str, Path]:
+    """Case id → image of an nnU-Net raw dataset (single channel: ``<case>_0000<ending>``)."""
+    try:
+        meta = read_json(data_dir / "dataset.json")
+    except (OSError, ValueError) as exc:
+        raise InputError(f"cannot read {data_dir / 'dataset.json'}: {exc}") from None
+    channels = meta.get("channel_names") or meta.get("modality") or {}
+    if len(channels) != 1:
+        raise InputError(f"{data_dir / 'dataset.json'}: {len(channels)} input channels; autoorgan trains "
+                         "single-channel CT models only")
+    images: dict[str, Path] = {}
+    for case in find_cases(data_dir / "imagesTr"):
+        if not case.case_id.endswith("_0000"):
+            raise InputError(f"{case.path}: nnU-Net image names end in _0000 (channel 0) before the file ending")
+        images[case.case_id.removesuffix("_0000")] = case.path
+    return images
+
+
 def find_training_cases(data_dir: Path) -> list[TrainingCase]:
-    """Pairs of ``images/<case>.*`` and ``labels/<case>.*`` in ``data_dir``.
+    """Pairs of ``images/<case>.*`` and ``labels/<case>.*`` in ``data_dir``, or the cases of an
+    nnU-Net raw dataset (``imagesTr/<case>_0000.*``, ``labelsTr/<case>.*``, ``dataset.json``).
 
     Every image needs a label with the same case id and vice versa; otherwise an
     :class:`InputError` lists what is unmatched.
     """
-    images_dir, labels_dir = data_dir / "images", data_dir / "labels"
-    if not images_dir.is_dir() or not labels_dir.is_dir():
-        raise InputError(f"training data {data_dir} must hold the folders images/ and labels/")
-    images = {c.case_id: c.path for c in find_cases(images_dir)}
-    labels = {c.case_id: c.path for c in find_cases(labels_dir)}
+    if not data_dir.is_dir():
+        raise InputError(f"training data {data_dir} is not a folder")
+    if is_raw_dataset(data_dir):
+        images = _raw_dataset_images(data_dir)
+        labels = {c.case_id: c.path for c in find_cases(data_dir / "labelsTr")}
+    else:
+        images_dir, labels_dir = data_dir / "images", data_dir / "labels"
+        if not images_dir.is_dir() or not labels_dir.is_dir():
+            raise InputError(f"training data {data_dir} must hold the folders images/ and labels/ "
+                             "(or be an nnU-Net raw dataset with imagesTr/, labelsTr/ and dataset.json)")
+        images = {c.case_id: c.path for c in find_cases(images_dir)}
+        labels = {c.case_id: c.path for c in find_cases(labels_dir)}
     unmatched = sorted(set(images) ^ set(labels))
     if unmatched:
         raise InputError(f"training data {data_dir}: no matching image/label for case(s) {', '.join(unmatched[:10])}")
@@ -110,7 +142,12 @@ def write_raw_dataset(task: Task, cases: Iterable[TrainingCase], raw_dir: Path) 
         label.array = label.array.astype(np.uint8 if task.max_label < 256 else np.uint16)
         staged.append((case.case_id, _oriented(image, task), _oriented(label, task)))
     folder = raw_dir / dataset_folder_name(task)
-    for existing in raw_dir.glob(f"Dataset{task.dataset_id:03d}_*"):
+    replaced = list(raw_dir.glob(f"Dataset{task.dataset_id:03d}_*"))
+    for existing in replaced:
+        if any(case.image.resolve().is_relative_to(existing.resolve()) for case in cases):
+            raise InputError(f"the training data lie inside {existing}, which training would replace; "
+                             "copy them elsewhere or use another --work-dir")
+    for existing in replaced:
         shutil.rmtree(existing)
     (folder / "imagesTr").mkdir(parents=True)
     (folder / "labelsTr").mkdir()

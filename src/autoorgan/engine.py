@@ -27,10 +27,12 @@ from typing import Any
 
 import numpy as np
 
+from autoorgan.errors import CaseError
+
 log = logging.getLogger(__name__)
 
 #: nnU-Net versions this adapter is tested with (also the dependency range in pyproject.toml).
-SUPPORTED_NNUNET = ">=2.6,<2.9"
+SUPPORTED_NNUNET = ">=2.8.1,<2.9"
 
 
 def nnunet_version() -> str:
@@ -126,6 +128,41 @@ def resolve_device(device: str = "auto") -> Any:
     raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps")
 
 
+class UnsafeCheckpoint(Exception):
+    """A checkpoint that only full (code-executing) unpickling could load."""
+
+
+def _safe_checkpoint_globals() -> list[Any]:
+    """The plain types nnU-Net checkpoints hold besides tensors (numpy scalars in the logs)."""
+    core = getattr(np, "_core", None) or np.core  # numpy 2 / numpy 1
+    types: list[Any] = [core.multiarray.scalar, core.multiarray._reconstruct, np.ndarray, np.dtype]
+    types += [getattr(np.dtypes, name) for name in dir(np.dtypes) if name.endswith("DType")]
+    return types
+
+
+def load_checkpoint(path: Path, *, trust: bool = False) -> dict[str, Any]:
+    """Load an nnU-Net checkpoint without executing code from it.
+
+    ``torch.load(weights_only=True)`` with numpy's plain types allowed: a checkpoint that needs any
+    other global (which full unpickling would import and call) raises :class:`UnsafeCheckpoint`,
+    unless ``trust`` is set, in which case it is loaded with full unpickling.
+    """
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_safe_checkpoint_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as exc:
+        if not trust:
+            detail = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+            what = f" (it asks for {detail.group(1)})" if detail else ""
+            raise UnsafeCheckpoint(f"{path.name} needs arbitrary code to load{what}") from None
+    log.warning("loading %s with full unpickling because it is trusted explicitly", path)
+    return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
 class Segmenter:
     """A trained nnU-Net model loaded once, predicting label maps for many arrays.
 
@@ -142,11 +179,28 @@ class Segmenter:
     """
 
     def __init__(self, model_folder: Path, fold: int | str, device: Any, *, tile_step_size: float = 0.5,
-                 checkpoint_name: str = "checkpoint_final.pth"):
+                 checkpoint_name: str = "checkpoint_final.pth", trust_checkpoint: bool = False):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+        from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+        from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
         self.model_folder = Path(model_folder)
         self.device = device
+        # The checkpoint is unpickled here, safely, instead of by nnU-Net's loader (full pickle);
+        # the network is built and handed over exactly as nnU-Net's own loader does it.
+        checkpoint = load_checkpoint(self.model_folder / f"fold_{fold}" / checkpoint_name, trust=trust_checkpoint)
+        dataset_json = json.loads((self.model_folder / "dataset.json").read_text(encoding="utf-8"))
+        plans_manager = PlansManager(json.loads((self.model_folder / "plans.json").read_text(encoding="utf-8")))
+        configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+        trainer_name = checkpoint["trainer_name"]
+        network = recursive_find_trainer_class_by_name(trainer_name).build_network_architecture(
+            plans_manager, configuration_manager,
+            determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+            plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+            enable_deep_supervision=False,
+        )
+        network.load_state_dict(checkpoint["network_weights"])
         with _quiet_nnunet():
             predictor = nnUNetPredictor(
                 tile_step_size=tile_step_size,
@@ -158,8 +212,9 @@ class Segmenter:
                 verbose_preprocessing=False,
                 allow_tqdm=False,
             )
-            predictor.initialize_from_trained_model_folder(
-                str(self.model_folder), use_folds=(fold,), checkpoint_name=checkpoint_name
+            predictor.manual_initialization(
+                network, plans_manager, configuration_manager, [checkpoint["network_weights"]], dataset_json,
+                trainer_name, checkpoint.get("inference_allowed_mirroring_axes"),
             )
         self._predictor = predictor
         log.debug("loaded %s fold %s on %s", self.model_folder, fold, device)
@@ -178,6 +233,13 @@ class Segmenter:
         ``array_zyx`` is indexed the way nnU-Net's SimpleITK reader gives arrays (z, y, x), with
         ``spacing_zyx`` in the same order.
         """
+        target = [float(t) for t in self._predictor.configuration_manager.spacing]
+        extent = [n * float(sp) for n, sp in zip(array_zyx.shape, spacing_zyx, strict=True)]
+        if any(e < t for e, t in zip(extent, target, strict=True)):
+            raise CaseError(
+                f"image extent {' x '.join(f'{e:.1f}' for e in extent)} mm is smaller than one voxel of the "
+                f"model's working grid ({' x '.join(f'{t:.2f}' for t in target)} mm)"
+            )
         data = np.ascontiguousarray(array_zyx, dtype=np.float32)[None]
         with _quiet_nnunet():
             seg = self._predictor.predict_single_npy_array(
@@ -253,15 +315,24 @@ def apply_plans_override(plans_file: Path, configuration: str, override: Mapping
 
 def train(dataset_id: int, paths: NnUNetPaths, *, configuration: str, fold: int | str, trainer: str,
           plans: str, device: Any, schedule: TrainingSchedule = TrainingSchedule(),
-          resume: bool = False, augmentation_workers: int | None = None) -> Path:
+          resume: bool = False, augmentation_workers: int | None = None, seed: int | None = None) -> Path:
     """Train one fold with nnU-Net's trainer ``trainer`` (a class name nnU-Net can find).
 
     The schedule is set on the trainer instance, so the checkpoint records the trainer's own
     name and the model folder is exactly where nnU-Net (and ``predict``) looks for it.
+    ``seed`` seeds Python's, numpy's and torch's generators first: with augmentation in the
+    main process (``augmentation_workers=0``) a CPU training is then repeatable.
     Returns the fold's output folder.
     """
+    import random
+
     import torch
     from nnunetv2.run.run_training import get_trainer_from_args, maybe_load_checkpoint
+
+    if seed is not None:
+        random.seed(seed)
+        np.random.seed(seed)
+        torch.manual_seed(seed)
 
     extra = {} if augmentation_workers is None else {"nnUNet_n_proc_DA": str(augmentation_workers)}
     with nnunet_environment(paths, **extra), _quiet_nnunet(_TRAINING_PROGRESS):
@@ -281,3 +352,34 @@ def train(dataset_id: int, paths: NnUNetPaths, *, configuration: str, fold: int 
         nnunet_trainer.run_training()
         nnunet_trainer.perform_actual_validation(False)
     return Path(nnunet_trainer.output_folder)
+
+
+# ---------------------------------------------------------------------------------------------
+# Model exchange
+
+#: Files nnU-Net's export needs in a model folder and in each exported fold.
+EXPORT_MODEL_FILES = ("dataset.json", "plans.json", "dataset_fingerprint.json")
+EXPORT_FOLD_FILES = ("checkpoint_final.pth", "progress.png", "validation/summary.json")
+
+
+def export_model(model_folder: Path, archive: Path, *, configuration: str, fold: int | str, trainer: str,
+                 plans: str) -> None:
+    """Write ``archive`` with nnU-Net's own ``export_pretrained_model`` (one configuration, one fold).
+
+    ``model_folder`` is ``RESULTS/Dataset{ID}_{Name}/{trainer}__{plans}__{configuration}``; the
+    archive holds paths relative to ``RESULTS``, the layout ``install_model_from_zip_file`` expects.
+    """
+    from nnunetv2.model_sharing.model_export import export_pretrained_model
+
+    results = model_folder.parents[1]
+    with nnunet_environment(NnUNetPaths(results=results)), _quiet_nnunet():
+        export_pretrained_model(model_folder.parent.name, str(archive), configurations=(configuration,),
+                                trainer=trainer, plans_identifier=plans, folds=(fold,))
+
+
+def install_model_archive(archive: Path, results: Path) -> None:
+    """nnU-Net's own ``install_model_from_zip_file`` into ``results`` (used to check exports)."""
+    from nnunetv2.model_sharing.model_import import install_model_from_zip_file
+
+    with nnunet_environment(NnUNetPaths(results=results)), _quiet_nnunet():
+        install_model_from_zip_file(str(archive))

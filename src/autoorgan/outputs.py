@@ -26,10 +26,12 @@ class CaseOutputs:
 
     folder: Path
     case_id: str
+    #: File ending of the label map: ``.nii.gz`` (default) or ``.nrrd`` (``--output-type nrrd``).
+    label_suffix: str = LABEL_SUFFIX
 
     @property
     def label_map(self) -> Path:
-        return self.folder / f"{self.case_id}{LABEL_SUFFIX}"
+        return self.folder / f"{self.case_id}{self.label_suffix}"
 
     @property
     def sidecar(self) -> Path:
@@ -44,11 +46,14 @@ class CaseOutputs:
         return data if isinstance(data, dict) else None
 
     def is_complete(self, task_name: str, dataset_id: int) -> bool:
-        """True if a finished result of this task (same dataset) is already there."""
-        if not self.label_map.is_file():
-            return False
+        """True if a finished result of this task (same dataset) is already there.
+
+        A sidecar whose ``label_map`` is ``null`` (per-structure masks only) needs no label map.
+        """
         data = self.read_sidecar()
         if data is None:
+            return False
+        if data.get("label_map", self.label_map.name) is not None and not self.label_map.is_file():
             return False
         return data.get("task") == task_name and data.get("dataset_id") == dataset_id
 

@@ -18,9 +18,11 @@ import numpy as np
 
 from autoorgan import __version__
 from autoorgan.errors import AutoOrganError, CaseError, ModelLoadError, OutputError
+from autoorgan.failures import clear_failure, read_failure, write_failure
 from autoorgan.io.cases import Case
-from autoorgan.io.image import Volume, image_from_array, read_volume
+from autoorgan.io.image import Volume, image_from_array
 from autoorgan.io.orientation import plan_reorientation
+from autoorgan.io.reading import read_case, source_sidecar
 from autoorgan.io.writing import write_image, write_json
 from autoorgan.outputs import CaseOutputs
 from autoorgan.tasks import Task
@@ -132,6 +134,25 @@ def prepare_intensities(array: np.ndarray) -> np.ndarray:
     return data
 
 
+def intensity_warnings(array: np.ndarray) -> list[str]:
+    """Plain-language warnings when an image does not look like a CT in Hounsfield units.
+
+    The models are trained on CT: an MR image or a CT whose rescale slope/intercept was not
+    applied gives meaningless labels, so the user is told (the case is still processed).
+    """
+    finite = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array
+    if finite.size == 0:
+        return ["the image holds no finite intensities"]
+    low, high = (float(v) for v in np.percentile(finite[:: max(1, finite.size // 200_000)], [0.5, 99.5]))
+    warnings = []
+    if low > -200.0:
+        warnings.append(f"intensities do not look like CT in Hounsfield units (0.5th percentile {low:.0f}, "
+                        "no air below -200); is this MR, or CT without rescale slope/intercept applied?")
+    elif high - low < 100.0:
+        warnings.append(f"intensity range is very narrow ({low:.0f}..{high:.0f}); results may be meaningless")
+    return warnings
+
+
 def segment_volume(volume: Volume, task: Task, predictor: Predictor) -> np.ndarray:
     """Label map of ``volume`` on its own grid (``[x, y, z]``, the volume's shape).
 
@@ -153,7 +174,8 @@ def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
                   label_file: str, orientation: str) -> dict[str, Any]:
     """The sidecar written next to a label map: what made it and what its values mean.
 
-    It deliberately holds no image metadata beyond the input file's name (no patient data).
+    It deliberately holds no image metadata beyond the input file's name and, for DICOM, the
+    series' UID, number, description and modality (no patient data).
     """
     return {
         "task": task.name,
@@ -168,6 +190,7 @@ def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
         "input_orientation": orientation,
         "model_orientation": task.orientation or orientation,
         "versions": {"autoorgan": __version__, "nnunetv2": nnunet},
+        **source_sidecar(case),
     }
 
 
@@ -193,6 +216,12 @@ class BatchJob:
     extra_outputs: Sequence[CaseStep] = ()
     #: Run once at the end of the batch.
     finalizers: Sequence[BatchStep] = ()
+    #: With ``resume``: do not retry cases that have a failure record (``--skip-failed``).
+    skip_failed: bool = False
+    #: Label map file ending (``.nii.gz`` or ``.nrrd``); ``write_label_map=False`` writes none
+    #: (extra outputs such as per-structure masks only; the sidecar then says ``"label_map": null``).
+    label_suffix: str = ".nii.gz"
+    write_label_map: bool = True
     _predictor: Predictor | None = field(default=None, init=False, repr=False)
 
     def _ensure_output_dir(self) -> None:
@@ -203,7 +232,7 @@ class BatchJob:
 
     def run(self) -> BatchResult:
         self._ensure_output_dir()
-        outputs = {c.case_id: CaseOutputs(self.output_dir, c.case_id) for c in self.cases}
+        outputs = {c.case_id: CaseOutputs(self.output_dir, c.case_id, self.label_suffix) for c in self.cases}
         for out in outputs.values():
             out.remove_leftovers()
         pending = [c for c in self.cases
@@ -216,8 +245,16 @@ class BatchJob:
                 self.listener.case_finished(result)
                 batch.results.append(result)
         for case in pending:
-            self.listener.case_started(case.case_id)
-            result = self._run_case(case, outputs[case.case_id])
+            earlier = read_failure(self.output_dir, case.case_id) if self.resume and self.skip_failed else None
+            if earlier is not None:
+                result = CaseResult(case.case_id, "failed", error=f"{earlier.error} (earlier failure, not retried)")
+            else:
+                self.listener.case_started(case.case_id)
+                result = self._run_case(case, outputs[case.case_id])
+                if result.status == "failed":
+                    write_failure(self.output_dir, case.case_id, result.error or "unknown error")
+                else:
+                    clear_failure(self.output_dir, case.case_id)
             self.listener.case_finished(result)
             batch.results.append(result)
         for finalize in self.finalizers:
@@ -232,9 +269,10 @@ class BatchJob:
 
     def _run_case(self, case: Case, out: CaseOutputs) -> CaseResult:
         start = time.perf_counter()
+        wrote_label_map = False
         try:
             self.listener.case_stage(case.case_id, "reading")
-            volume = read_volume(case.path)
+            volume = read_case(case)
             predictor = self._predictor_loaded(case.case_id)
             self.listener.case_stage(case.case_id, "predicting")
             labels = segment_volume(volume, self.task, predictor)
@@ -243,20 +281,35 @@ class BatchJob:
                               sidecar=build_sidecar(self.task, case, trainer=self.trainer_name(),
                                                     nnunet=self.nnunet_version, label_file=out.label_map.name,
                                                     orientation=orientation))
+            warnings = intensity_warnings(volume.array)
+            for warning in warnings:
+                log.warning("%s: %s", case.case_id, warning)
+            if warnings:
+                ctx.sidecar["warnings"] = warnings
             for step in self.postprocess:
                 self.listener.case_stage(case.case_id, step.name)
                 step(ctx)
             self.listener.case_stage(case.case_id, "writing")
-            write_image(image_from_array(ctx.labels, volume.geometry), out.label_map)
+            if self.write_label_map:
+                write_image(image_from_array(ctx.labels, volume.geometry), out.label_map)
+                wrote_label_map = True
+            else:
+                ctx.sidecar["label_map"] = None
             for step in self.extra_outputs:
                 self.listener.case_stage(case.case_id, step.name)
                 step(ctx)
             write_json(ctx.sidecar, out.sidecar)
-        except (OutputError, ModelLoadError):
+        except OutputError:
+            # The folder cannot take this case (full, unwritable): leave no half-finished case.
+            if wrote_label_map:
+                out.label_map.unlink(missing_ok=True)
+            raise
+        except ModelLoadError:
             raise
         except (CaseError, AutoOrganError) as exc:
-            log.error("%s", exc)
-            return CaseResult(case.case_id, "failed", time.perf_counter() - start, str(exc))
+            message = str(exc) if str(exc).startswith(case.path.name) else f"{case.path.name}: {exc}"
+            log.error("%s", message)
+            return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
         except MemoryError:
             message = f"{case.path.name}: out of memory"
             log.error("%s", message)

@@ -1,0 +1,138 @@
+"""``--output-type dicom-seg``: the label map as a DICOM Segmentation (highdicom), for DICOM input.
+
+One segment per structure present in the label map, labelled with the structure's name and coded
+with SNOMED CT (category "Anatomical Structure"; the type is the structure's SNOMED concept where
+pydicom's code dictionary has one, e.g. Liver, Sacrum, Femur, else "Anatomical Structure"). The
+SEG references the source series image by image, so viewers and PACS show it on that series.
+
+Anonymised series with blank UIDs (which DICOM forbids but exports contain) cannot be referenced;
+the SEG then carries generated UIDs for what is missing and a warning says so.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import warnings
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from autoorgan import __version__
+from autoorgan.errors import CaseError
+from autoorgan.io.writing import atomic_path
+
+if TYPE_CHECKING:
+    from autoorgan.pipeline import CaseContext
+
+log = logging.getLogger(__name__)
+
+SEG_SUFFIX = ".seg.dcm"
+_SIDES = {"left", "right", "l", "r"}
+#: Structure-name words whose SNOMED concept in pydicom's dictionary is spelt differently.
+_ALIASES = {"vertebrae": "vertebra", "ribs": "rib", "lungs": "lung", "kidneys": "kidney"}
+
+
+def structure_code(name: str) -> Any:
+    """The SNOMED CT concept of a structure name (``kidney_left`` → Kidney), else Anatomical Structure."""
+    from pydicom.sr.codedict import codes
+
+    words = [_ALIASES.get(w, w) for w in name.lower().split("_")
+             if w not in _SIDES and not re.fullmatch(r"[a-z]?\d+", w)]
+    candidates = ["".join(w.capitalize() for w in words)] + [w.capitalize() for w in words]
+    for candidate in candidates:
+        if not candidate:
+            continue
+        try:
+            return getattr(codes.SCT, candidate)
+        except AttributeError:
+            continue
+    return codes.SCT.AnatomicalStructure
+
+
+def _referencable(datasets: list[Any], case_id: str) -> list[Any]:
+    """Source datasets with the UIDs a SEG must reference; blank ones are filled (with a warning)."""
+    from pydicom.uid import generate_uid
+
+    filled: list[str] = []
+    study, series = generate_uid(), generate_uid()
+    for ds in datasets:
+        meta = getattr(ds, "file_meta", None)
+        if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
+            del ds.SpecificCharacterSet  # blank: the default repertoire
+        if not str(ds.get("SOPClassUID", "") or ""):
+            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+        if not str(ds.get("SOPInstanceUID", "") or ""):
+            uid = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
+            ds.SOPInstanceUID = uid or generate_uid()
+            filled.append("SOPInstanceUID")
+        for keyword, value in (("StudyInstanceUID", study), ("SeriesInstanceUID", series)):
+            if not str(ds.get(keyword, "") or ""):
+                setattr(ds, keyword, value)
+                filled.append(keyword)
+    if filled:
+        log.warning("%s: the source series has blank %s; the DICOM SEG references generated UIDs", case_id,
+                    "/".join(sorted(set(filled))))
+    return datasets
+
+
+class DicomSegStep:
+    """Extra output ``OUT/<case>.seg.dcm``: the label map as a DICOM SEG referencing its source series."""
+
+    name = "DICOM SEG"
+
+    def __call__(self, ctx: CaseContext) -> None:
+        import highdicom as hd
+
+        from autoorgan.io.dicom import load_datasets
+
+        series = ctx.case.dicom
+        if series is None:
+            raise CaseError(f"{ctx.case.case_id}: --output-type dicom-seg needs DICOM input "
+                            f"({ctx.case.path.name} is not DICOM)")
+        present = [int(v) for v in np.unique(ctx.labels) if v != 0 and int(v) in ctx.task.labels]
+        target = ctx.outputs.folder / f"{ctx.case.case_id}{SEG_SUFFIX}"
+        if not present:
+            log.warning("%s: no structure found; no DICOM SEG written", ctx.case.case_id)
+            target.unlink(missing_ok=True)
+            ctx.sidecar["dicom_seg"] = None
+            return
+        datasets = _referencable(load_datasets(series), ctx.case.case_id)
+        # Segment numbers 1..k for the present labels, in label order.
+        numbers = np.zeros(int(max(present)) + 1, dtype=np.uint16)
+        numbers[present] = np.arange(1, len(present) + 1)
+        frames = numbers[ctx.labels.transpose(2, 1, 0)]  # [x, y, z] -> frames [z, row=y, column=x]
+        algorithm = hd.AlgorithmIdentificationSequence(
+            name="autoorgan", version=__version__, family=hd.sr.CodedConcept("123110", "DCM", "Artificial Intelligence"))
+        descriptions = [
+            hd.seg.SegmentDescription(
+                segment_number=i, segment_label=ctx.task.labels[value][:64],
+                segmented_property_category=_category(), segmented_property_type=structure_code(ctx.task.labels[value]),
+                algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
+                tracking_uid=hd.UID(), tracking_id=ctx.task.labels[value][:64])
+            for i, value in enumerate(present, start=1)
+        ]
+        try:
+            with warnings.catch_warnings():
+                # highdicom's warnings quote header values such as the patient's name: never shown.
+                warnings.simplefilter("ignore")
+                seg = hd.seg.Segmentation(
+                    source_images=datasets, pixel_array=frames,
+                    segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+                    segment_descriptions=descriptions, series_instance_uid=hd.UID(), series_number=9900,
+                    sop_instance_uid=hd.UID(), instance_number=1, manufacturer="autoorgan",
+                    manufacturer_model_name=f"autoorgan {ctx.task.name}", software_versions=__version__,
+                    device_serial_number="0", series_description=f"autoorgan {ctx.task.name}"[:64],
+                    omit_empty_frames=False)
+        except (ValueError, TypeError, AttributeError) as exc:
+            raise CaseError(f"{ctx.case.case_id}: cannot build the DICOM SEG ({exc})".splitlines()[0]) from None
+        with atomic_path(target) as tmp:
+            seg.save_as(tmp)
+        ctx.sidecar["dicom_seg"] = {"file": target.name,
+                                    "segments": {str(i): ctx.task.labels[v] for i, v in enumerate(present, start=1)}}
+
+
+def _category() -> Any:
+    from pydicom.sr.codedict import codes
+
+    return codes.SCT.AnatomicalStructure

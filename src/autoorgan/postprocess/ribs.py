@@ -1,0 +1,225 @@
+"""Step 4: ribs — each rib one structure per side, numbered from the vertebra its head meets.
+
+First, detached pieces of a rib that carry another rib's label (a broken rib with mislabelled
+fragments) are merged into the rib they are attached to. Then the numbering is checked: with
+vertebra labels (the same map, or a companion vertebrae map), each rib head's height is
+expressed as a continuous vertebral level, and rib *k* must sit at thoracic level T*k*; a
+consistent shift of one side's numbering is undone. Without vertebrae, ribs are only put in
+head-to-feet order.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+from scipy.sparse import coo_matrix
+from scipy.sparse.csgraph import connected_components
+
+from autoorgan.io.image import Geometry
+from autoorgan.postprocess.components import Components, components_of
+from autoorgan.postprocess.frame import mask_of, PatientFrame, rib_of
+from autoorgan.postprocess.sides import Midline, find_midline
+from autoorgan.postprocess.vertebrae import vertebra_values
+
+#: Rib k's head lies at vertebral level T_k, between the disc above and the body's centre.
+#: Offsets in [-0.65, 0.35) level count as correctly numbered.
+_LEVEL_TOLERANCE = 0.65
+_T1_INDEX = 7  # level index of T1 (C1 = 0)
+#: Head-to-feet inversions smaller than this are not trusted (mm) when no vertebrae are known.
+_MIN_ORDER_GAP_MM = 10.0
+_HEAD_BAND_MM = 10.0
+
+
+def fix_ribs(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], *,
+             vertebrae: np.ndarray | None = None, vertebra_names: Mapping[int, str] | None = None,
+             components: Components | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Merge rib fragments into their rib and fix the numbering (see the module docstring).
+
+    ``vertebrae`` is a companion vertebra label map on the same grid with ``vertebra_names``;
+    without it, vertebra labels of ``labels`` itself (a merged whole-body map) are used.
+    """
+    ribs = {v: rib for v, n in names.items() if (rib := rib_of(n)) is not None}
+    if not ribs or not mask_of(labels, list(ribs)).any():
+        return labels, {"fragments_merged": 0, "ribs_renumbered": 0}
+    out, merged = _merge_fragments(labels, ribs, components)
+    if vertebrae is None and vertebra_values(names):
+        vertebrae, vertebra_names = labels, names
+    heads = _rib_heads(out, geometry, names, ribs, vertebrae)
+    levels = _vertebra_level_axis(vertebrae, geometry, vertebra_names) if vertebrae is not None else None
+    if levels is not None:
+        remap, method = _anchor_on_vertebrae(heads, ribs, names, levels), "vertebrae"
+    else:
+        remap, method = _order_by_height(heads, ribs, names), "head-to-feet order"
+    details: dict[str, Any] = {"fragments_merged": merged, "ribs_renumbered": len(remap), "numbering_from": method}
+    if remap:
+        lut = np.arange(max(int(out.max()), max(names)) + 1, dtype=np.int64)
+        for old, new in remap.items():
+            lut[old] = new
+        out = lut.astype(out.dtype)[out]
+        details["renumbered"] = {names[o]: names[n] for o, n in sorted(remap.items())}
+    return out, details
+
+
+def _merge_fragments(labels: np.ndarray, ribs: Mapping[int, tuple[str, int]],
+                     components: Components | None = None) -> tuple[np.ndarray, int]:
+    """Pieces of rib labels that are not their label's main body join the rib they touch.
+
+    Touching rib pieces form a graph whose edges involve at least one non-main piece; a group
+    with one main body takes its label; with several, each piece follows the main body it
+    touches most.
+    """
+    comps = components_of(labels, components)
+    main = comps.largest_of_label
+    is_rib = np.isin(comps.label, list(ribs))
+    is_main = np.zeros(comps.count + 1, dtype=bool)
+    is_main[[c for v, c in main.items() if v in ribs]] = True
+    if not (is_rib & ~is_main)[1:].any():  # every rib is one piece: nothing to merge
+        return labels, 0
+    edges = [(int(a), b) for a in np.flatnonzero(is_rib & ~is_main) for b in comps.neighbours(int(a)) if is_rib[b]]
+    if not edges:
+        return labels, 0
+    a_idx, b_idx = np.array(edges).T
+    graph = coo_matrix((np.ones(len(edges)), (a_idx, b_idx)), shape=(comps.count + 1, comps.count + 1))
+    _, group = connected_components(graph, directed=False)
+    lut = comps.identity_lut()
+    merged = 0
+    involved = np.unique(np.r_[a_idx, b_idx])
+    for g in np.unique(group[involved]):
+        members = involved[group[involved] == g]
+        mains = [int(c) for c in members if is_main[c]]
+        for comp in members:
+            if is_main[comp]:
+                continue
+            if len(mains) == 1:
+                target_label = comps.label[mains[0]]
+            else:
+                touching = {c: n for c, n in comps.neighbours(int(comp)).items() if c in mains}
+                if not touching:
+                    continue
+                target_label = comps.label[max(touching, key=lambda c: (touching[c], -c))]
+            if target_label != lut[comp]:
+                lut[comp] = target_label
+                merged += 1
+    return (comps.apply(lut) if merged else labels), merged
+
+
+def _rib_heads(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+               ribs: Mapping[int, tuple[str, int]], vertebrae: np.ndarray | None) -> dict[int, float | None]:
+    """Head coordinate (mm) of each rib's head: its most medial, most posterior part.
+
+    ``None`` where that part lies on the border of the image: the rib is cut by the field of
+    view and its real head is not in the image.
+    """
+    frame = PatientFrame.of(geometry)
+    rib_mask = mask_of(labels, list(ribs))
+    points = np.argwhere(rib_mask)
+    values = labels[rib_mask]
+    midline: Midline | None = None
+    if vertebrae is not None and vertebrae.any():
+        midline = find_midline(labels, geometry, {}, vertebrae=vertebrae)
+    if midline is None:
+        lefts = frame.left(points)
+        midline = Midline(np.array([0.0]), np.array([(lefts.min() + lefts.max()) / 2]), "ribs")
+    border = np.asarray(labels.shape) - 1
+    heads: dict[int, float | None] = {}
+    for value in np.unique(values):
+        mine = points[values == value]
+        h = frame.head(mine)
+        lateral = np.abs(frame.left(mine) - midline.at(h))
+        ant = frame.anterior(mine)
+        score = lateral + (ant - ant.min())
+        band = score <= score.min() + _HEAD_BAND_MM
+        cut = bool(((mine[band] == 0) | (mine[band] == border)).any())
+        heads[int(value)] = None if cut else float(h[band].mean())
+    return heads
+
+
+class _LevelAxis:
+    """Continuous vertebral level (C1 = 0 … L5 = 23) as a function of the head coordinate."""
+
+    def __init__(self, heads: np.ndarray, levels: np.ndarray):
+        order = np.argsort(heads)
+        self.heads, self.levels = heads[order], levels[order].astype(float)
+        self.step_mm = (self.heads[-1] - self.heads[0]) / max(self.levels[0] - self.levels[-1], 1e-6)
+
+    def level(self, head: float) -> float | None:
+        """Level at ``head``; ``None`` beyond half a level outside the known vertebrae."""
+        lo, hi = self.heads[0], self.heads[-1]
+        if head < lo - self.step_mm / 2 or head > hi + self.step_mm / 2:
+            return None
+        if head < lo:
+            return float(self.levels[0] + (lo - head) / self.step_mm)
+        if head > hi:
+            return float(self.levels[-1] - (head - hi) / self.step_mm)
+        return float(np.interp(head, self.heads, self.levels))
+
+
+def _vertebra_level_axis(vertebrae: np.ndarray, geometry: Geometry,
+                         vertebra_names: Mapping[int, str] | None) -> _LevelAxis | None:
+    """Level axis from the complete vertebrae of a map (those cut by the field of view are skipped)."""
+    levels = vertebra_values(vertebra_names or {})
+    if not levels:
+        return None
+    points = np.argwhere(mask_of(vertebrae, list(levels)))
+    if len(points) == 0:
+        return None
+    values = vertebrae[tuple(points.T)].astype(np.int64)
+    counts = np.bincount(values, minlength=max(levels) + 1)
+    present = [v for v in levels if counts[v] > 0]
+    if len(present) < 2:
+        return None
+    typical = float(np.median([counts[v] for v in present]))
+    complete = [v for v in present if counts[v] >= 0.5 * typical]
+    if len(complete) < 2:
+        return None
+    frame = PatientFrame.of(geometry)
+    head_sum = np.bincount(values, weights=frame.head(points), minlength=max(levels) + 1)
+    heads = np.array([head_sum[v] / counts[v] for v in complete])
+    return _LevelAxis(heads, np.array([levels[v] for v in complete]))
+
+
+def _anchor_on_vertebrae(heads: Mapping[int, float | None], ribs: Mapping[int, tuple[str, int]],
+                         names: Mapping[int, str], axis: _LevelAxis) -> dict[int, int]:
+    """Undo a consistent shift of one side's rib numbers against the thoracic levels."""
+    by_name = {n: v for v, n in names.items()}
+    remap: dict[int, int] = {}
+    for side in ("left", "right"):
+        mine = {v: h for v, h in heads.items() if ribs[v][0] == side}
+        shifts = []
+        for value, head in mine.items():
+            level = axis.level(head) if head is not None else None
+            if level is not None:
+                offset = level - (_T1_INDEX - 1 + ribs[value][1])
+                shifts.append(int(np.floor(offset + _LEVEL_TOLERANCE)))
+        if not shifts:
+            continue
+        candidates, votes = np.unique(shifts, return_counts=True)
+        shift = int(candidates[np.argmax(votes)])
+        if shift == 0 or votes.max() * 3 < 2 * len(shifts):
+            continue
+        new_names = {v: f"rib_{side}_{ribs[v][1] + shift}" for v in mine}
+        if all(n in by_name for n in new_names.values()):
+            remap.update({v: by_name[n] for v, n in new_names.items()})
+    return remap
+
+
+def _order_by_height(all_heads: Mapping[int, float | None], ribs: Mapping[int, tuple[str, int]],
+                     names: Mapping[int, str]) -> dict[int, int]:
+    """Put each side's present rib numbers in head-to-feet order of their heads, when clearly inverted.
+
+    Only ribs whose head is inside the image take part.
+    """
+    heads = {v: h for v, h in all_heads.items() if h is not None}
+    remap: dict[int, int] = {}
+    for side in ("left", "right"):
+        mine = sorted((v for v in heads if ribs[v][0] == side), key=lambda v: ribs[v][1])
+        by_height = sorted(mine, key=lambda v: -heads[v])
+        if by_height == mine:
+            continue
+        inversions = [(a, b) for i, a in enumerate(mine) for b in mine[i + 1:] if heads[b] > heads[a]]
+        if any(heads[b] - heads[a] < _MIN_ORDER_GAP_MM for a, b in inversions):
+            continue
+        remap.update({old: new for old, new in zip(by_height, mine, strict=True) if old != new})
+    return remap

@@ -1,0 +1,181 @@
+"""Per-structure statistics of a label map on its CT: size, volume, intensities, position.
+
+Pure functions on arrays plus the grid: no files are read here. All voxels of a structure are
+gathered in one pass over the foreground (a sort by label), so a whole-body map with a hundred
+structures costs about as much as one with three.
+
+Conventions (see the README):
+
+* volume is in millilitres (``voxels × voxel volume in mm³ / 1000``);
+* intensities are the CT values as stored (HU for CT), over every voxel of the structure;
+  the standard deviation is the population one (``ddof=0``);
+* positions are in patient (world) coordinates as ITK reports them: millimetres, LPS
+  (x increases to the patient's left, y to posterior, z to superior);
+* the bounding box is given as inclusive voxel indices ``[x, y, z]`` of the input grid and as
+  the world extent (mm, LPS) of the voxel centres it spans;
+* a structure of the task that is absent has 0 voxels, 0 ml and intensities 0; its centroid and
+  bounding box are ``None`` (a position of 0 would be a real place in the patient);
+* ``touches_border`` flags structures that reach the edge of the image, whose volume is
+  therefore probably cut off by the field of view.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from itertools import product
+from typing import Any
+
+import numpy as np
+
+from autoorgan.io.image import Geometry
+
+#: Column order of the statistics table (CSV); also the keys of each structure's JSON entry.
+FIELDS = (
+    "label", "structure", "voxels", "volume_ml",
+    "intensity_mean", "intensity_std", "intensity_median", "intensity_min", "intensity_max",
+    "centroid_x_mm", "centroid_y_mm", "centroid_z_mm",
+    "bbox_x_min", "bbox_y_min", "bbox_z_min", "bbox_x_max", "bbox_y_max", "bbox_z_max",
+    "bbox_x_min_mm", "bbox_y_min_mm", "bbox_z_min_mm", "bbox_x_max_mm", "bbox_y_max_mm", "bbox_z_max_mm",
+    "touches_border",
+)
+
+
+@dataclass(frozen=True)
+class StructureStats:
+    """Statistics of one structure (one label value) of a label map."""
+
+    label: int
+    structure: str
+    voxels: int
+    volume_ml: float
+    intensity_mean: float
+    intensity_std: float
+    intensity_median: float
+    intensity_min: float
+    intensity_max: float
+    #: Centre of mass of the voxel centres, world mm (LPS); ``None`` if absent.
+    centroid_mm: tuple[float, float, float] | None
+    #: Inclusive voxel index bounds ``(min_xyz, max_xyz)``; ``None`` if absent.
+    bbox_index: tuple[tuple[int, int, int], tuple[int, int, int]] | None
+    #: World (LPS mm) bounds of the voxel centres in the index box; ``None`` if absent.
+    bbox_mm: tuple[tuple[float, float, float], tuple[float, float, float]] | None
+    touches_border: bool
+
+    @property
+    def present(self) -> bool:
+        return self.voxels > 0
+
+    def to_json(self) -> dict[str, Any]:
+        """A JSON-ready dict (tuples become lists)."""
+        data = asdict(self)
+        for key in ("centroid_mm", "bbox_index", "bbox_mm"):
+            value = data[key]
+            data[key] = None if value is None else _listify(value)
+        return data
+
+    def to_row(self) -> dict[str, Any]:
+        """A flat row for the statistics table: keys of :data:`FIELDS`, ``""`` where undefined."""
+        row: dict[str, Any] = {
+            "label": self.label, "structure": self.structure, "voxels": self.voxels,
+            "volume_ml": self.volume_ml, "intensity_mean": self.intensity_mean,
+            "intensity_std": self.intensity_std, "intensity_median": self.intensity_median,
+            "intensity_min": self.intensity_min, "intensity_max": self.intensity_max,
+            "touches_border": int(self.touches_border),
+        }
+        for i, axis in enumerate("xyz"):
+            row[f"centroid_{axis}_mm"] = "" if self.centroid_mm is None else self.centroid_mm[i]
+            row[f"bbox_{axis}_min"] = "" if self.bbox_index is None else self.bbox_index[0][i]
+            row[f"bbox_{axis}_max"] = "" if self.bbox_index is None else self.bbox_index[1][i]
+            row[f"bbox_{axis}_min_mm"] = "" if self.bbox_mm is None else self.bbox_mm[0][i]
+            row[f"bbox_{axis}_max_mm"] = "" if self.bbox_mm is None else self.bbox_mm[1][i]
+        return row
+
+    @classmethod
+    def from_json(cls, data: Mapping[str, Any]) -> StructureStats:
+        """Inverse of :meth:`to_json`."""
+        def tup(v: Any) -> Any:
+            return tuple(tup(x) for x in v) if isinstance(v, list) else v
+
+        values = dict(data)
+        for key in ("centroid_mm", "bbox_index", "bbox_mm"):
+            values[key] = None if values.get(key) is None else tup(values[key])
+        return cls(**values)
+
+
+def _listify(value: Any) -> Any:
+    return [_listify(v) for v in value] if isinstance(value, (tuple, list)) else value
+
+
+def index_to_world(index_xyz: np.ndarray, geometry: Geometry) -> np.ndarray:
+    """World (LPS mm) positions of continuous voxel indices ``[..., 3]`` (ITK's convention)."""
+    scaled = np.asarray(index_xyz, dtype=float) * np.asarray(geometry.spacing)
+    return np.asarray(geometry.origin) + scaled @ geometry.direction_matrix.T
+
+
+def _absent(label: int, name: str) -> StructureStats:
+    return StructureStats(label=label, structure=name, voxels=0, volume_ml=0.0, intensity_mean=0.0,
+                          intensity_std=0.0, intensity_median=0.0, intensity_min=0.0, intensity_max=0.0,
+                          centroid_mm=None, bbox_index=None, bbox_mm=None, touches_border=False)
+
+
+def structure_statistics(labels: np.ndarray, ct: np.ndarray, geometry: Geometry,
+                         names: Mapping[int, str]) -> list[StructureStats]:
+    """Statistics of every structure in ``names`` (label value → name), in label order.
+
+    ``labels`` and ``ct`` are ``[x, y, z]`` arrays of the same shape on ``geometry``'s grid.
+    Label values present in ``labels`` but not in ``names`` are ignored.
+    """
+    labels = np.asarray(labels)
+    ct = np.asarray(ct)
+    if labels.shape != ct.shape or tuple(labels.shape) != tuple(geometry.size):
+        raise ValueError(f"label map {labels.shape}, CT {ct.shape} and grid {geometry.size} differ in size")
+    voxel_ml = float(np.prod(geometry.spacing)) / 1000.0
+    shape = np.asarray(labels.shape)
+
+    flat = labels.reshape(-1)
+    foreground = np.flatnonzero(flat)
+    values = flat[foreground]
+    order = np.argsort(values, kind="stable")
+    foreground, values = foreground[order], values[order]
+    present, starts = np.unique(values, return_index=True)
+    ends = np.append(starts[1:], len(values))
+    groups = {int(v): (int(s), int(e)) for v, s, e in zip(present, starts, ends, strict=True)}
+
+    result: list[StructureStats] = []
+    for label in sorted(names):
+        name = names[label]
+        if label not in groups:
+            result.append(_absent(label, name))
+            continue
+        start, end = groups[label]
+        flat_index = foreground[start:end]
+        intensities = ct.reshape(-1)[flat_index].astype(np.float64)
+        index = np.stack(np.unravel_index(flat_index, labels.shape), axis=1)
+        low, high = index.min(axis=0), index.max(axis=0)
+        centroid = index_to_world(index.mean(axis=0), geometry)
+        corners = index_to_world(np.array(list(product(*zip(low, high, strict=True)))), geometry)
+        result.append(StructureStats(
+            label=label,
+            structure=name,
+            voxels=int(end - start),
+            volume_ml=float((end - start) * voxel_ml),
+            intensity_mean=float(intensities.mean()),
+            intensity_std=float(intensities.std()),
+            intensity_median=float(np.median(intensities)),
+            intensity_min=float(intensities.min()),
+            intensity_max=float(intensities.max()),
+            centroid_mm=_triple(centroid),
+            bbox_index=(_int_triple(low), _int_triple(high)),
+            bbox_mm=(_triple(corners.min(axis=0)), _triple(corners.max(axis=0))),
+            touches_border=bool((low == 0).any() or (high == shape - 1).any()),
+        ))
+    return result
+
+
+def _triple(v: np.ndarray) -> tuple[float, float, float]:
+    return (float(v[0]), float(v[1]), float(v[2]))
+
+
+def _int_triple(v: np.ndarray) -> tuple[int, int, int]:
+    return (int(v[0]), int(v[1]), int(v[2]))

@@ -1,0 +1,62 @@
+"""The overview page: content, escaping, relative links, and a headless Chromium load."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+from urllib.parse import unquote
+
+import numpy as np
+
+from autoorgan.io.image import Geometry
+from autoorgan.report.html import CaseRow, main_volumes, render_index, write_index
+from autoorgan.report.preview import render_preview
+
+from html_check import load_page
+
+
+def _rows(folder: Path) -> list[CaseRow]:
+    size = (20, 20, 20)
+    labels = np.zeros(size, dtype=np.uint8)
+    labels[5:15, 5:15, 5:15] = 1
+    ct = np.where(labels > 0, 200, -800).astype(np.int16)
+    grid = Geometry(size, (1.0, 1.0, 1.0), (0.0, 0.0, 0.0), (1, 0, 0, 0, 1, 0, 0, 0, 1))
+    render_preview(ct, labels, grid, {1: "liver"}, folder / "case one.png")
+    shutil.copy(folder / "case one.png", folder / "b&<x>#1.png")
+    return [
+        CaseRow("case one", "done", 12.34, preview="case one.png", statistics="case one.stats.json",
+                volumes=[("liver", 1.0)]),
+        CaseRow("b&<x>#1", "skipped", None, preview="b&<x>#1.png"),
+        CaseRow("broken", "failed", 0.5, error="broken.nii.gz: file is truncated <here>"),
+    ]
+
+
+def test_page_content_is_escaped_and_links_are_relative(tmp_path: Path) -> None:
+    text = render_index(_rows(tmp_path), title="autoorgan · liver", extra_links=[("statistics.csv", "statistics.csv")])
+    assert text.startswith("<!DOCTYPE html>") and "<script" not in text
+    assert "b&amp;&lt;x&gt;#1" in text and "<x>" not in text
+    assert 'src="b%26%3Cx%3E%231.png"' in text and 'src="case%20one.png"' in text
+    assert "file is truncated &lt;here&gt;" in text
+    assert "3 case(s): 2 complete, 1 failed." in text
+    assert "done (earlier run)" in text and "12.3" in text and "liver: 1.0" in text
+    assert str(tmp_path) not in text and "http" not in text
+
+
+def test_main_volumes_are_the_largest_present() -> None:
+    structures = [{"structure": n, "volume_ml": v} for n, v in
+                  [("a", 1.0), ("b", 0.0), ("c", 30.0), ("d", 2.0), ("e", 5.0), ("f", 4.0), ("g", 3.0), ("h", 0.5)]]
+    assert main_volumes(structures) == [("c", 30.0), ("e", 5.0), ("f", 4.0), ("g", 3.0), ("d", 2.0), ("a", 1.0)]
+    assert main_volumes(structures, limit=2) == [("c", 30.0), ("e", 5.0)]
+
+
+def test_page_loads_in_headless_chromium_with_every_image(tmp_path: Path) -> None:
+    page = write_index(tmp_path / "index.html", _rows(tmp_path), title="overview")
+    assert not list(tmp_path.glob(".*"))
+    report = load_page(page)
+    assert report.title == "overview" and report.rows == 3
+    assert len(report.images) == 2 and report.broken_images == []
+    assert all(i["width"] == 1600 for i in report.images)
+    assert report.console == []
+    # the check does notice a missing picture
+    (tmp_path / "case one.png").unlink()
+    assert [unquote(str(s)) for s in load_page(page).broken_images] == ["case one.png"]
