@@ -112,3 +112,19 @@ def test_help_does_not_import_torch() -> None:
     code = "import sys; from autoorgan.cli import app; print('torch' in sys.modules, 'nnunetv2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
+
+
+def test_install_weights_checks_sha256_before_opening(tmp_path: Path) -> None:
+    archive = tmp_path / "m.zip"
+    with zipfile.ZipFile(archive, "w") as zf:
+        zf.writestr("readme.txt", "hello")
+    wrong = "0" * 64
+    result = runner.invoke(app, ["install-weights", str(archive), "--models-dir", str(tmp_path / "m"),
+                                 "--sha256", wrong])
+    assert result.exit_code == 2 and "does not match the expected" in result.output
+    import hashlib
+
+    right = hashlib.sha256(archive.read_bytes()).hexdigest()
+    result = runner.invoke(app, ["install-weights", str(archive), "--models-dir", str(tmp_path / "m"),
+                                 "--sha256", right.upper()])
+    assert result.exit_code == 2 and "holds no nnU-Net model" in result.output  # checksum passed, content checked

@@ -45,11 +45,13 @@ def test_unwritable_folder_is_a_clear_error(tmp_path: Path) -> None:
 
 
 def test_leftovers_are_found_per_case(tmp_path: Path) -> None:
-    for name in (".a.tmp-123.nii.gz", ".a.tmp-9.json", ".ab.tmp-1.nii.gz", ".a[1].tmp-2.json", "a.nii.gz"):
+    for name in (".a.tmp-123.nii.gz", ".a.tmp-9.json", ".ab.tmp-1.nii.gz", ".a[1].tmp-2.json", "a.nii.gz",
+                 ".a.stats.tmp-5.json", ".a.b.tmp-6.nii.gz"):
         (tmp_path / name).write_text("x")
     assert [p.name for p in leftover_temporaries(tmp_path, "a")] == [".a.tmp-123.nii.gz", ".a.tmp-9.json"]
     assert [p.name for p in leftover_temporaries(tmp_path, "a[1]")] == [".a[1].tmp-2.json"]
-    assert CaseOutputs(tmp_path, "a").remove_leftovers() == 2
+    assert CaseOutputs(tmp_path, "a").remove_leftovers() == 3  # its label map, sidecar and statistics
+    assert (tmp_path / ".a.b.tmp-6.nii.gz").exists()  # case "a.b" is another case
     assert (tmp_path / ".ab.tmp-1.nii.gz").exists() and (tmp_path / "a.nii.gz").exists()
 
 

@@ -288,11 +288,12 @@ def task_labels(*, task: str, tasks_file: PathLike | None = None) -> dict[int, s
 
 def install_weights(
     *, archive: PathLike, models_dir: PathLike | None = None, tasks_file: PathLike | None = None,
-    force: bool = False,
+    force: bool = False, sha256: str | None = None,
 ) -> list[InstalledModel]:
     """Install an nnU-Net model zip into the models folder (see :func:`autoorgan.models.install_weights`)."""
     registry = load_registry(tasks_file)
-    return _install_weights(Path(archive), resolve_models_dir(models_dir), registry=registry, force=force)
+    return _install_weights(Path(archive), resolve_models_dir(models_dir), registry=registry, force=force,
+                            sha256=sha256)
 
 
 def resolve_work_dir(work_dir: PathLike | None) -> Path:

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 import typer
 from rich.console import Console
 from rich.logging import RichHandler
+from rich.markup import escape
 from rich.table import Table
 
 from autoorgan import __version__
@@ -50,7 +51,7 @@ ModelsDirOpt = Annotated[Path | None, typer.Option(
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {message}", highlight=False, markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -241,7 +242,9 @@ def _print_summary(result: BatchResult, output: Path) -> None:
     line = f"{done} done, {skipped} already complete, {failed} failed → {output}"
     console.print(("[green]" if not failed else "[red]") + line + "[/]", highlight=False)
     for r in result.failed:
-        console.print(f"  [red]failed[/] {r.case_id}: {r.error}", highlight=False, markup=True, soft_wrap=True)
+        error = r.error or "unknown error"
+        what = error if error.startswith(r.case_id) else f"{r.case_id}: {error}"
+        console.print(f"  [red]failed[/] {escape(what)}", highlight=False, markup=True, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -297,12 +300,14 @@ def install_weights(
     models_dir: ModelsDirOpt = None,
     tasks_file: TasksFileOpt = None,
     force: Annotated[bool, typer.Option("--force", help="Replace an installed model.")] = False,
+    sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 of the archive; refused if "
+                                               "it differs.", show_default=False)] = None,
 ) -> None:
     """Install a model archive into the models folder and say which task it serves."""
     from autoorgan import api
 
     installed = _run(api.install_weights, archive=archive, models_dir=models_dir, tasks_file=tasks_file,
-                     force=force)
+                     force=force, sha256=sha256)
     for model in installed:
         out.print(f"installed {model.folder} (folds {', '.join(model.folds)})", highlight=False)
         if not model.tasks:

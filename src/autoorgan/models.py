@@ -11,6 +11,7 @@ when needed, never at import.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -150,8 +151,18 @@ def _model_folders(root: Path) -> list[Path]:
     return sorted(p.parent for p in root.glob("Dataset*_*/*/plans.json") if (p.parent / "dataset.json").is_file())
 
 
+def file_sha256(path: Path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as stream:
+        for chunk in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
 def install_weights(
-    archive_path: Path, models_dir: Path, *, registry: TaskRegistry, force: bool = False
+    archive_path: Path, models_dir: Path, *, registry: TaskRegistry, force: bool = False,
+    sha256: str | None = None,
 ) -> list[InstalledModel]:
     """Install an nnU-Net model zip (nnU-Net's export format) into ``models_dir``.
 
@@ -159,9 +170,14 @@ def install_weights(
     each model folder needs ``dataset.json``, ``plans.json`` and at least one
     ``fold_*/checkpoint_final.pth``, and an installed model is replaced only with ``force``.
     Extraction goes to a temporary folder inside ``models_dir`` and is moved into place.
+    With ``sha256`` the archive's checksum must match before it is opened.
     """
     if not archive_path.is_file():
         raise InstallError(f"model archive {archive_path} does not exist")
+    if sha256 is not None:
+        actual = file_sha256(archive_path)
+        if actual != sha256.strip().lower():
+            raise InstallError(f"{archive_path.name}: sha256 {actual} does not match the expected {sha256.strip()}")
     try:
         archive = zipfile.ZipFile(archive_path)
     except (zipfile.BadZipFile, OSError) as exc:

@@ -18,6 +18,8 @@ log = logging.getLogger(__name__)
 
 LABEL_SUFFIX = ".nii.gz"
 SIDECAR_SUFFIX = ".json"
+#: Other per-case files are named ``<case>.<infix>.<ending>`` (statistics, DICOM SEG, failure record).
+CASE_FILE_INFIXES = ("stats", "seg", "error")
 
 
 @dataclass(frozen=True)
@@ -59,7 +61,7 @@ class CaseOutputs:
 
     def remove_leftovers(self) -> int:
         """Delete temporary files an interrupted run left for this case; returns how many."""
-        stale = leftover_temporaries(self.folder, self.case_id)
+        stale = leftover_temporaries(self.folder, self.case_id, CASE_FILE_INFIXES)
         for path in stale:
             path.unlink(missing_ok=True)
         if stale:

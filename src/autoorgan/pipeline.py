@@ -308,15 +308,15 @@ class BatchJob:
             raise
         except (CaseError, AutoOrganError) as exc:
             message = str(exc) if str(exc).startswith(case.path.name) else f"{case.path.name}: {exc}"
-            log.error("%s", message)
-            return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
         except MemoryError:
             message = f"{case.path.name}: out of memory"
-            log.error("%s", message)
-            return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
         except Exception as exc:  # noqa: BLE001 - one case's unexpected failure must not end the batch
             message = f"{case.path.name}: {type(exc).__name__}: {exc}".splitlines()[0]
-            log.error("%s", message)
             log.debug("details of the failure of %s", case.case_id, exc_info=True)
-            return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
-        return CaseResult(case.case_id, "done", time.perf_counter() - start, output=out.label_map)
+        else:
+            return CaseResult(case.case_id, "done", time.perf_counter() - start, output=out.label_map)
+        # A case that failed after its label map was written must not look half done.
+        if wrote_label_map:
+            out.label_map.unlink(missing_ok=True)
+        log.error("%s", message)
+        return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)

@@ -26,7 +26,7 @@ import json
 import re
 import tomllib
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -319,8 +319,3 @@ def resolve_task(
         dataset_id=dataset_id, trainer=trainer, fold=fold, configuration=configuration,
         plans=plans, orientation=orientation,
     )
-
-
-def replace_labels(task: Task, labels: Mapping[int, str]) -> Task:
-    """A copy of ``task`` with another (validated) label table."""
-    return replace(task, labels=MappingProxyType(parse_label_table(labels, task.name, "label table")))

@@ -31,9 +31,12 @@ def temporary_sibling(target: Path) -> Path:
     return target.with_name(f".{stem}{_TMP_MARK}{uuid.uuid4().hex[:12]}{ext}")
 
 
-def leftover_temporaries(folder: Path, stem: str) -> list[Path]:
-    """Temporary files that an interrupted write of ``stem.*`` left in ``folder``."""
-    return sorted(folder.glob(f".{glob.escape(stem)}{_TMP_MARK}*"))
+def leftover_temporaries(folder: Path, stem: str, infixes: tuple[str, ...] = ()) -> list[Path]:
+    """Temporary files that an interrupted write of ``stem.*`` (or ``stem.<infix>.*``) left in ``folder``."""
+    found = set(folder.glob(f".{glob.escape(stem)}{_TMP_MARK}*"))
+    for infix in infixes:
+        found.update(folder.glob(f".{glob.escape(stem)}.{glob.escape(infix)}{_TMP_MARK}*"))
+    return sorted(found)
 
 
 @contextmanager
