@@ -67,7 +67,7 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
     result = CliRunner().invoke(app, [
         "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
-        "--work-dir", str(base / "work"), "--device", "cpu", "--epochs", "30", "--iterations-per-epoch", "25",
+        "--work-dir", str(base / "work"), "--device", "cpu", "--epochs", "45", "--iterations-per-epoch", "25",
         "--initial-lr", "0.1", "--plans-override", str(plans_override), "--augmentation-workers", "0", "--seed", "0",
         "--quiet",
     ])

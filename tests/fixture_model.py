@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
-from autoorgan.demo import DEMO_PLANS, TRAINING_ORIENTATIONS
+from autoorgan.demo import DEMO_PLANS
 from autoorgan.phantom import Phantom, make_phantom
 
 #: The fixture model's task: three large pelvic bones, quick to learn for a tiny network.
 FIXTURE_TASK = "hip"
 FIXTURE_STRUCTURES = ["hip_left", "hip_right", "sacrum"]
-#: The fixture model is trained with the demo model's recipe: the same tiny 3d_fullres
-#: architecture (an nnU-Net plans override) and phantoms stored in mixed orientations.
+#: The fixture model uses the demo model's tiny 3d_fullres architecture (an nnU-Net plans
+#: override), on more phantoms (stored in mixed orientations) and a longer schedule: the sides of
+#: the pelvis need it to pass Dice 0.9 reliably.
 TINY_PLANS = DEMO_PLANS
-TRAIN_ORIENTATIONS = list(TRAINING_ORIENTATIONS)
+TRAIN_ORIENTATIONS = ["RAS", "LPS", "LAS", "PIR", "RAS", "LPS", "SAR", "RAS", "ILP", "RAS", "LAI", "RAS"]
 
 
 def pelvis_phantom(seed: int) -> Phantom:
