@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from autoorgan.postprocess.benchmark import Row, evaluate
+from autoorgan.postprocess.benchmark import Row, evaluate, unscored_corruptions
 from autoorgan.postprocess.cases import phantom_case, totalsegmentator_case
 
 ORIENTATIONS = ("as stored", "LPS", "PIR", "LAS")
@@ -46,6 +46,19 @@ def test_real_reference_corruptions_are_repaired_in_every_orientation(real_data:
     # This reference's rib heads stop 9 mm short of the vertebrae: it has no junction to erase.
     assert [r.scores.corrupted for r in rows if r.corruption == "junction erased"] == [0] * len(ORIENTATIONS)
     _check(rows, EXPECTED)
+
+
+def test_real_slab_reference_keeps_its_own_labels_in_every_orientation(real_data: Path) -> None:
+    """example_seg_dicom (a 40 mm slab): its piece of T11 enclosed by T12 stays T11."""
+    case = totalsegmentator_case(real_data / "totalsegmentator", "example_seg_dicom.nii.gz")
+    rows = evaluate(case, ORIENTATIONS, seed=0)
+    # No rib head lies inside the slab and only T11-T12 are present: nothing to anchor numbers
+    # on and no vertebra two levels away, so those two corruptions are reported, not scored.
+    assert set(unscored_corruptions(case)) == {"numbering shifted", "vertebra fragment"}
+    assert not any(r.corruption == "numbering shifted" for r in rows)
+    _check(rows, EXPECTED - {"numbering shifted", "vertebra fragment"})
+    clean = {r.task: r.scores for r in rows if r.corruption.startswith("none") and r.orientation == "LPS"}
+    assert clean["vertebrae"].collateral == 9 and clean["ribs"].collateral == 9  # a 9-voxel speck each
 
 
 def test_phantom_ribs_restored_without_ct_using_a_skeleton_map() -> None:

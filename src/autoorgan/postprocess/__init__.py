@@ -14,6 +14,7 @@ from autoorgan.postprocess.repair import (
     applicable_steps,
     repair_labels,
 )
+from autoorgan.postprocess.ribs import anchor_rib_numbers
 
-__all__ = ["BONE_TASKS", "STEPS", "Companions", "RepairOptions", "RepairResult", "applicable_steps",
-           "repair_labels"]
+__all__ = ["BONE_TASKS", "STEPS", "Companions", "RepairOptions", "RepairResult", "anchor_rib_numbers",
+           "applicable_steps", "repair_labels"]

@@ -14,7 +14,7 @@ import numpy as np
 from scipy import ndimage
 
 from autoorgan.io.image import Geometry
-from autoorgan.postprocess.frame import mask_of, PatientFrame, rib_of, vertebra_level
+from autoorgan.postprocess.frame import PatientFrame, mask_of, rib_of, vertebra_level
 
 
 @dataclass(frozen=True)
@@ -164,7 +164,7 @@ def corruptions(case, rng: np.random.Generator) -> dict[str, tuple[str, np.ndarr
     if both:
         out["sides swapped"] = ("ribs", swap_sides(case.ribs, ribs_names, both[len(both) // 2:][:2]))
     left = sorted(k for s, k in present.values() if s == "left")
-    if left and left[0] > 1 and case.vertebrae.any():
+    if left and left[0] > 1 and _left_rib_head_at_a_level(case):
         out["numbering shifted"] = ("ribs", shift_numbers(case.ribs, ribs_names, "left", -1))
     if present:
         largest = max(present, key=lambda v: int((case.ribs == v).sum()))
@@ -178,6 +178,38 @@ def corruptions(case, rng: np.random.Generator) -> dict[str, tuple[str, np.ndarr
         out["vertebra fragment"] = ("vertebrae", mislabel_vertebra_fragment(
             case.vertebrae, case.geometry, vert_names, int(values[np.argmax(counts)])))
         out["islands (vertebrae)"] = ("vertebrae", add_islands(case.vertebrae, case.geometry, 6, 50.0, rng))
+    return out
+
+
+def _left_rib_head_at_a_level(case) -> bool:  # type: ignore[no-untyped-def]
+    """Whether some left rib's head is in the image, within the levels of the case's vertebrae.
+
+    Without one, nothing in the map says which number a rib has (e.g. a 40 mm slab holding
+    only the front parts of ribs): a shifted numbering cannot be restored, and is not scored.
+    """
+    from autoorgan.postprocess.ribs import rib_head_levels
+
+    if not case.vertebrae.any():
+        return False
+    levels = rib_head_levels(case.ribs, case.vertebrae, case.geometry)
+    return any(level is not None for name, level in levels.items() if name.startswith("rib_left_"))
+
+
+def unscored_corruptions(case) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Corruptions :func:`corruptions` leaves out for ``case``, and why (for the benchmark report)."""
+    from autoorgan.postprocess.cases import task_names
+
+    made = corruptions(case, np.random.default_rng(0))
+    reasons = {
+        "numbering shifted": "no left rib head inside the image at a level of the vertebrae",
+        "junction erased": "no vertebrae, or neither CT nor skeleton map",
+        "vertebra fragment": "no vertebrae",
+        "sides swapped": "no rib number present on both sides",
+    }
+    out = {name: why for name, why in reasons.items() if name not in made}
+    if "vertebra fragment" in made and not (made["vertebra fragment"][1] != case.vertebrae).any():
+        levels = sorted(task_names("vertebrae")[int(v)] for v in np.unique(case.vertebrae) if v)
+        out["vertebra fragment"] = f"no vertebra two levels from another in the map ({', '.join(levels)})"
     return out
 
 

@@ -30,9 +30,9 @@ def remove_islands(labels: np.ndarray, geometry: Geometry, *,
     main = set(comps.largest_of_label.values())
     lut = comps.identity_lut()
     removed = merged = 0
-    for comp in range(1, comps.count + 1):
-        if comp in main or comps.sizes[comp] >= min_voxels:
-            continue
+    islands = [c for c in comps.existing() if c not in main and comps.sizes[c] < min_voxels]
+    comps.find_neighbours(islands)
+    for comp in islands:
         touching = comps.neighbours(comp)
         if touching:
             target = max(touching, key=lambda c: (touching[c], -c))

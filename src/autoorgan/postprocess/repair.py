@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from autoorgan.io.image import Geometry
-from autoorgan.postprocess.components import Components, components_of
+from autoorgan.postprocess.components import Components, components_of, grow_box, occupied_box
 from autoorgan.postprocess.frame import mask_of, rib_of, side_of, vertebra_level
 from autoorgan.postprocess.islands import DEFAULT_MIN_ISLAND_MM3, remove_islands
 from autoorgan.postprocess.junction import DEFAULT_BONE_HU, DEFAULT_GAP_MM, fill_junctions
@@ -100,16 +100,18 @@ def repair_labels(labels: np.ndarray, geometry: Geometry, names: Mapping[int, st
             raise ValueError(f"{what} map {array.shape} is not on the label map's grid {labels.shape}")
     result = RepairResult(labels=labels)
     steps = [s for s in applicable_steps(names, companions) if s in options.steps]
-    box = _working_box(labels, geometry, companions)
+    margin = np.ceil(DEFAULT_GAP_MM / np.asarray(geometry.spacing, dtype=float)).astype(int) + 2
+    spine_box = occupied_box(companions.vertebrae != 0) if companions.vertebrae is not None else None
+    box = _working_box(occupied_box(labels != 0), spine_box, margin, labels.shape)
     if box is None:  # nothing labelled: nothing to repair
         result.steps = [{"step": step, "changed_voxels": 0, "seconds": 0.0} for step in steps]
         return result
     # Every step works inside the box around the labelled voxels (plus the junction's reach):
-    # the same decisions, far fewer voxels to visit on a large scan.
+    # the same decisions, far fewer voxels to visit on a large scan. When a step clears voxels
+    # (islands far from the body), the box shrinks for the steps after it.
     current = np.ascontiguousarray(labels[box])
-    cropped = Companions(vertebrae=_crop(companions.vertebrae, box), vertebra_names=companions.vertebra_names,
-                         skeleton=_crop(companions.skeleton, box), ct=_crop(companions.ct, box))
-    original = current
+    cropped = _crop_companions(companions, box)
+    out: np.ndarray | None = None  # the full-size result, made at the first change
     shared = _SharedComponents()
     for step in steps:
         start = time.perf_counter()
@@ -118,10 +120,23 @@ def repair_labels(labels: np.ndarray, geometry: Geometry, names: Mapping[int, st
         result.steps.append({"step": step, "changed_voxels": changed, **details,
                              "seconds": round(time.perf_counter() - start, 3)})
         log.debug("repair step %s changed %d voxel(s): %s", step, changed, details)
+        if new is not current:
+            if _volume(box) == labels.size:
+                out = new  # a step's result is a new array: no copy needed for the whole grid
+            else:
+                if out is None:
+                    out = labels.copy()
+                out[box] = new
+            inner = occupied_box(new != 0)
+            smaller = _working_box(_shifted(inner, box), spine_box, margin, labels.shape) if inner else None
+            if smaller is not None and _volume(smaller) * 2 <= _volume(box):  # else not worth a new crop
+                smaller = tuple(slice(max(a.start, b.start), min(a.stop, b.stop)) for a, b in zip(smaller, box,
+                                                                                                   strict=True))
+                box, new = smaller, np.ascontiguousarray(out[smaller])
+                cropped = _crop_companions(companions, box)
         current = new
-    if current is not original:
-        result.labels = labels.copy()
-        result.labels[box] = current
+    if out is not None:
+        result.labels = out
     return result
 
 
@@ -129,21 +144,28 @@ def _crop(array: np.ndarray | None, box: tuple[slice, ...]) -> np.ndarray | None
     return None if array is None else np.ascontiguousarray(array[box])
 
 
-def _working_box(labels: np.ndarray, geometry: Geometry, companions: Companions) -> tuple[slice, ...] | None:
-    """Bounding box of the labelled voxels (and companion vertebrae), grown by the junction gap."""
-    occupied = labels != 0
-    if companions.vertebrae is not None:
-        occupied |= companions.vertebrae != 0
-    margin = np.ceil(DEFAULT_GAP_MM / np.asarray(geometry.spacing, dtype=float)).astype(int) + 2
-    box = []
-    for axis in range(3):
-        others = tuple(a for a in range(3) if a != axis)
-        hits = np.flatnonzero(occupied.any(axis=others))
-        if len(hits) == 0:
-            return None
-        box.append(slice(max(int(hits[0]) - int(margin[axis]), 0),
-                         min(int(hits[-1]) + int(margin[axis]) + 1, labels.shape[axis])))
-    return tuple(box)
+def _crop_companions(companions: Companions, box: tuple[slice, ...]) -> Companions:
+    return Companions(vertebrae=_crop(companions.vertebrae, box), vertebra_names=companions.vertebra_names,
+                      skeleton=_crop(companions.skeleton, box), ct=_crop(companions.ct, box))
+
+
+def _volume(box: tuple[slice, ...]) -> int:
+    return int(np.prod([s.stop - s.start for s in box]))
+
+
+def _shifted(inner: tuple[slice, ...], outer: tuple[slice, ...]) -> tuple[slice, ...]:
+    """A box given inside ``outer`` in the coordinates of the whole array."""
+    return tuple(slice(o.start + i.start, o.start + i.stop) for i, o in zip(inner, outer, strict=True))
+
+
+def _working_box(labelled: tuple[slice, ...] | None, spine: tuple[slice, ...] | None, margin: np.ndarray,
+                 shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+    """Box around the labelled voxels (and companion vertebrae), grown by the junction gap."""
+    boxes = [b for b in (labelled, spine) if b is not None]
+    if labelled is None:
+        return None
+    union = tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(len(shape)))
+    return grow_box(union, margin, shape)
 
 
 class _SharedComponents:
@@ -172,10 +194,34 @@ def _run_step(step: str, labels: np.ndarray, geometry: Geometry, names: Mapping[
         return fix_ribs(labels, geometry, names, vertebrae=companions.vertebrae,
                         vertebra_names=companions.vertebra_names, components=shared.of(labels))
     if step == "junction":
-        if companions.vertebrae is not None:
-            vertebra_mask = mask_of(companions.vertebrae, list(vertebra_values(companions.vertebra_names or {})))
-        else:
-            vertebra_mask = mask_of(labels, list(vertebra_values(names)))
-        bone = companions.skeleton > 0 if companions.skeleton is not None else companions.ct >= options.bone_hu
-        return fill_junctions(labels, geometry, names, vertebra_mask=vertebra_mask, bone=bone)
+        return _fill_junctions_near_spine(labels, geometry, names, companions, options, shared)
     raise ValueError(f"unknown repair step {step!r}")
+
+
+def _fill_junctions_near_spine(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+                               companions: Companions, options: RepairOptions,
+                               shared: _SharedComponents) -> tuple[np.ndarray, dict[str, Any]]:
+    """The junction step, run inside the box around the vertebrae (grown by the gap width):
+    bone and vertebra masks are only ever built for that box."""
+    if companions.vertebrae is not None:
+        source, values = companions.vertebrae, list(vertebra_values(companions.vertebra_names or {}))
+        box = occupied_box(source != 0)
+    else:
+        source, values = labels, list(vertebra_values(names))
+        comps = shared.of(labels)
+        box = comps.union_box(comps.of_labels(values))
+    if box is None:
+        return labels, {"voxels_filled": 0}
+    margin = np.ceil(DEFAULT_GAP_MM / np.asarray(geometry.spacing, dtype=float)).astype(int) + 2
+    box = grow_box(box, margin, labels.shape)
+    bone_source = companions.skeleton if companions.skeleton is not None else companions.ct
+    if bone_source is None:
+        return labels, {"voxels_filled": 0}
+    bone = bone_source[box] > 0 if companions.skeleton is not None else bone_source[box] >= options.bone_hu
+    sub, details = fill_junctions(labels[box], geometry, names, vertebra_mask=mask_of(source[box], values),
+                                  bone=bone)
+    if not details["voxels_filled"]:
+        return labels, details
+    out = labels.copy()
+    out[box] = sub
+    return out, details

@@ -6,6 +6,9 @@ vertebra labels (the same map, or a companion vertebrae map), each rib head's he
 expressed as a continuous vertebral level, and rib *k* must sit at thoracic level T*k*; a
 consistent shift of one side's numbering is undone. Without vertebrae, ribs are only put in
 head-to-feet order.
+
+:func:`anchor_rib_numbers` is the numbering alone, for a ribs map and a vertebrae map of one
+case (e.g. the two task maps of a multi-task run).
 """
 
 from __future__ import annotations
@@ -18,8 +21,8 @@ from scipy.sparse import coo_matrix
 from scipy.sparse.csgraph import connected_components
 
 from autoorgan.io.image import Geometry
-from autoorgan.postprocess.components import Components, components_of
-from autoorgan.postprocess.frame import mask_of, PatientFrame, rib_of
+from autoorgan.postprocess.components import Components, components_of, occupied_box
+from autoorgan.postprocess.frame import PatientFrame, is_midline, mask_of, rib_of
 from autoorgan.postprocess.sides import Midline, find_midline
 from autoorgan.postprocess.vertebrae import vertebra_values
 
@@ -41,49 +44,110 @@ def fix_ribs(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], *
     without it, vertebra labels of ``labels`` itself (a merged whole-body map) are used.
     """
     ribs = {v: rib for v, n in names.items() if (rib := rib_of(n)) is not None}
-    if not ribs or not mask_of(labels, list(ribs)).any():
+    if not ribs:
         return labels, {"fragments_merged": 0, "ribs_renumbered": 0}
-    out, merged = _merge_fragments(labels, ribs, components)
+    comps = components_of(labels, components)
+    if len(comps.of_labels(list(ribs))) == 0:
+        return labels, {"fragments_merged": 0, "ribs_renumbered": 0}
+    lut, merged = _merge_fragments(comps, ribs)
     if vertebrae is None and vertebra_values(names):
         vertebrae, vertebra_names = labels, names
-    heads = _rib_heads(out, geometry, names, ribs, vertebrae)
+    lut, details = _renumber(comps, lut, geometry, names, ribs, vertebrae, vertebra_names)
+    changed = np.flatnonzero(lut != comps.label)
+    return (comps.apply(lut) if len(changed) else labels), {"fragments_merged": merged, **details}
+
+
+def anchor_rib_numbers(ribs: np.ndarray, vertebrae: np.ndarray, geometry: Geometry, *,
+                       rib_names: Mapping[int, str] | None = None,
+                       vertebra_names: Mapping[int, str] | None = None) -> tuple[np.ndarray, dict[str, Any]]:
+    """Rib numbers anchored on the thoracic vertebra each rib head meets (rib *k* ↔ T*k*).
+
+    ``ribs`` is a rib label map and ``vertebrae`` a vertebra label map on the same grid
+    (``[x, y, z]`` arrays of ``geometry``), e.g. the maps of the ribs and vertebrae tasks of
+    one case. Label tables default to those of the ``ribs`` and ``vertebrae`` tasks. Each side
+    whose numbering is consistently shifted against the levels of the vertebrae its rib heads
+    meet is renumbered; ribs whose head lies outside the image give no evidence. Without
+    usable vertebrae (fewer than two complete levels) the ribs are only put in head-to-feet
+    order. Pure: returns a new array (``ribs`` itself when nothing changes) and what changed
+    (``ribs_renumbered``, ``numbering_from``, ``renumbered``: old name → new name).
+    """
+    rib_names, vertebra_names = _default_tables(rib_names, vertebra_names)
+    if vertebrae.shape != ribs.shape:
+        raise ValueError(f"vertebrae map {vertebrae.shape} is not on the rib map's grid {ribs.shape}")
+    table = {v: rib for v, n in rib_names.items() if (rib := rib_of(n)) is not None}
+    comps = Components(ribs)
+    if len(comps.of_labels(list(table))) == 0:
+        return ribs, {"ribs_renumbered": 0}
+    lut, details = _renumber(comps, comps.identity_lut(), geometry, rib_names, table, vertebrae, vertebra_names)
+    return (comps.apply(lut) if details["ribs_renumbered"] else ribs), details
+
+
+def rib_head_levels(ribs: np.ndarray, vertebrae: np.ndarray, geometry: Geometry, *,
+                    rib_names: Mapping[int, str] | None = None,
+                    vertebra_names: Mapping[int, str] | None = None) -> dict[str, float | None]:
+    """Rib name → continuous vertebral level of its head (C1 = 0, T1 = 7, …), the evidence
+    :func:`anchor_rib_numbers` uses; ``None`` for a rib whose head is outside the image or
+    beyond the complete vertebrae of ``vertebrae``."""
+    rib_names, vertebra_names = _default_tables(rib_names, vertebra_names)
+    table = {v: rib for v, n in rib_names.items() if (rib := rib_of(n)) is not None}
+    comps = Components(ribs)
+    heads = _rib_heads(comps, comps.identity_lut(), geometry, table, vertebrae, None)
+    axis = _vertebra_level_axis(vertebrae, geometry, vertebra_names)
+    return {rib_names[v]: (axis.level(h) if axis is not None and h is not None else None) for v, h in heads.items()}
+
+
+def _default_tables(rib_names: Mapping[int, str] | None, vertebra_names: Mapping[int, str] | None
+                    ) -> tuple[Mapping[int, str], Mapping[int, str]]:
+    if rib_names is None or vertebra_names is None:
+        from autoorgan.tasks import load_registry
+
+        registry = load_registry()
+        rib_names = rib_names if rib_names is not None else registry.get_task("ribs").labels
+        vertebra_names = vertebra_names if vertebra_names is not None else registry.get_task("vertebrae").labels
+    return rib_names, vertebra_names
+
+
+def _renumber(comps: Components, lut: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+              ribs: Mapping[int, tuple[str, int]], vertebrae: np.ndarray | None,
+              vertebra_names: Mapping[int, str] | None) -> tuple[np.ndarray, dict[str, Any]]:
+    """``lut`` (component → label) with the rib numbering fixed, and what changed."""
+    merged_map = vertebrae is comps.labels
+    heads = _rib_heads(comps, lut, geometry, ribs, vertebrae, names if merged_map else None)
     levels = _vertebra_level_axis(vertebrae, geometry, vertebra_names) if vertebrae is not None else None
     if levels is not None:
         remap, method = _anchor_on_vertebrae(heads, ribs, names, levels), "vertebrae"
     else:
         remap, method = _order_by_height(heads, ribs, names), "head-to-feet order"
-    details: dict[str, Any] = {"fragments_merged": merged, "ribs_renumbered": len(remap), "numbering_from": method}
+    details: dict[str, Any] = {"ribs_renumbered": len(remap), "numbering_from": method}
     if remap:
-        lut = np.arange(max(int(out.max()), max(names)) + 1, dtype=np.int64)
+        table = np.arange(max(int(lut.max()), max(names)) + 1, dtype=np.int64)
         for old, new in remap.items():
-            lut[old] = new
-        out = lut.astype(out.dtype)[out]
+            table[old] = new
+        lut = table[lut]
         details["renumbered"] = {names[o]: names[n] for o, n in sorted(remap.items())}
-    return out, details
+    return lut, details
 
 
-def _merge_fragments(labels: np.ndarray, ribs: Mapping[int, tuple[str, int]],
-                     components: Components | None = None) -> tuple[np.ndarray, int]:
+def _merge_fragments(comps: Components, ribs: Mapping[int, tuple[str, int]]) -> tuple[np.ndarray, int]:
     """Pieces of rib labels that are not their label's main body join the rib they touch.
 
     Touching rib pieces form a graph whose edges involve at least one non-main piece; a group
     with one main body takes its label; with several, each piece follows the main body it
-    touches most.
+    touches most. Returns the lookup table component → label and the pieces relabelled.
     """
-    comps = components_of(labels, components)
     main = comps.largest_of_label
+    lut = comps.identity_lut()
     is_rib = np.isin(comps.label, list(ribs))
     is_main = np.zeros(comps.count + 1, dtype=bool)
     is_main[[c for v, c in main.items() if v in ribs]] = True
     if not (is_rib & ~is_main)[1:].any():  # every rib is one piece: nothing to merge
-        return labels, 0
+        return lut, 0
     edges = [(int(a), b) for a in np.flatnonzero(is_rib & ~is_main) for b in comps.neighbours(int(a)) if is_rib[b]]
     if not edges:
-        return labels, 0
+        return lut, 0
     a_idx, b_idx = np.array(edges).T
     graph = coo_matrix((np.ones(len(edges)), (a_idx, b_idx)), shape=(comps.count + 1, comps.count + 1))
     _, group = connected_components(graph, directed=False)
-    lut = comps.identity_lut()
     merged = 0
     involved = np.unique(np.r_[a_idx, b_idx])
     for g in np.unique(group[involved]):
@@ -102,27 +166,32 @@ def _merge_fragments(labels: np.ndarray, ribs: Mapping[int, tuple[str, int]],
             if target_label != lut[comp]:
                 lut[comp] = target_label
                 merged += 1
-    return (comps.apply(lut) if merged else labels), merged
+    return lut, merged
 
 
-def _rib_heads(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str],
-               ribs: Mapping[int, tuple[str, int]], vertebrae: np.ndarray | None) -> dict[int, float | None]:
+def _rib_heads(comps: Components, lut: np.ndarray, geometry: Geometry, ribs: Mapping[int, tuple[str, int]],
+               vertebrae: np.ndarray | None, names: Mapping[int, str] | None) -> dict[int, float | None]:
     """Head coordinate (mm) of each rib's head: its most medial, most posterior part.
 
-    ``None`` where that part lies on the border of the image: the rib is cut by the field of
-    view and its real head is not in the image.
+    The rib voxels are the components whose label in ``lut`` is a rib. ``None`` where that part
+    lies on the border of the image: the rib is cut by the field of view and its real head is
+    not in the image. ``names`` is the table of a merged map whose own midline structures
+    give the midline.
     """
     frame = PatientFrame.of(geometry)
-    rib_mask = mask_of(labels, list(ribs))
-    points = np.argwhere(rib_mask)
-    values = labels[rib_mask]
+    rib_comps = np.flatnonzero(np.isin(lut, list(ribs)) & (np.arange(len(lut)) > 0))
+    points = comps.points(rib_comps)
+    values = np.repeat(lut[rib_comps], [int(comps.sizes[c]) for c in rib_comps])
     midline: Midline | None = None
-    if vertebrae is not None and vertebrae.any():
-        midline = find_midline(labels, geometry, {}, vertebrae=vertebrae)
+    if names is not None:
+        midline = find_midline(comps.labels, geometry, {v: n for v, n in names.items() if is_midline(n)},
+                               components=comps)
+    elif vertebrae is not None:
+        midline = find_midline(comps.labels, geometry, {}, vertebrae=vertebrae)
     if midline is None:
         lefts = frame.left(points)
         midline = Midline(np.array([0.0]), np.array([(lefts.min() + lefts.max()) / 2]), "ribs")
-    border = np.asarray(labels.shape) - 1
+    border = np.asarray(comps.labels.shape) - 1
     heads: dict[int, float | None] = {}
     for value in np.unique(values):
         mine = points[values == value]
@@ -162,10 +231,14 @@ def _vertebra_level_axis(vertebrae: np.ndarray, geometry: Geometry,
     levels = vertebra_values(vertebra_names or {})
     if not levels:
         return None
-    points = np.argwhere(mask_of(vertebrae, list(levels)))
+    box = occupied_box(vertebrae != 0)
+    if box is None:
+        return None
+    points = np.argwhere(mask_of(vertebrae[box], list(levels)))
     if len(points) == 0:
         return None
-    values = vertebrae[tuple(points.T)].astype(np.int64)
+    values = vertebrae[box][tuple(points.T)].astype(np.int64)
+    points += [s.start for s in box]
     counts = np.bincount(values, minlength=max(levels) + 1)
     present = [v for v in levels if counts[v] > 0]
     if len(present) < 2:

@@ -14,8 +14,8 @@ from typing import Any
 import numpy as np
 
 from autoorgan.io.image import Geometry
-from autoorgan.postprocess.components import Components, components_of
-from autoorgan.postprocess.frame import mask_of, PatientFrame, is_midline, mirror_name, side_of
+from autoorgan.postprocess.components import Components, components_of, occupied_box
+from autoorgan.postprocess.frame import PatientFrame, is_midline, mask_of, mirror_name, side_of
 
 #: Pieces whose centre lies closer than this to the midline are left alone (mm).
 DEFAULT_SIDE_MARGIN_MM = 5.0
@@ -36,7 +36,13 @@ class Midline:
 
 
 def _midline_from_mask(mask: np.ndarray, frame: PatientFrame, source: str) -> Midline | None:
-    points = np.argwhere(mask)
+    box = occupied_box(mask)
+    if box is None:
+        return None
+    return _midline_from_points(np.argwhere(mask[box]) + [s.start for s in box], frame, source)
+
+
+def _midline_from_points(points: np.ndarray, frame: PatientFrame, source: str) -> Midline | None:
     if len(points) == 0:
         return None
     points = points[:: max(1, len(points) // _MAX_POINTS)]  # an even sample is plenty for medians
@@ -53,23 +59,36 @@ def _midline_from_mask(mask: np.ndarray, frame: PatientFrame, source: str) -> Mi
 
 
 def find_midline(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], *,
-                 vertebrae: np.ndarray | None = None, ct: np.ndarray | None = None) -> Midline | None:
-    """Where the body's midline is (see the module docstring for the order of sources)."""
+                 vertebrae: np.ndarray | None = None, ct: np.ndarray | None = None,
+                 components: Components | None = None) -> Midline | None:
+    """Where the body's midline is (see the module docstring for the order of sources).
+
+    ``components`` (of ``labels``) lets the voxels of midline and sided structures be read
+    inside their components' boxes instead of scanning the whole array.
+    """
     frame = PatientFrame.of(geometry)
+    comps = components if components is not None and components.labels is labels else None
     midline_values = [v for v, n in names.items() if is_midline(n)]
     if midline_values:
-        found = _midline_from_mask(mask_of(labels, midline_values), frame, "midline structures")
+        if comps is not None:
+            found = _midline_from_points(comps.points(comps.of_labels(midline_values)), frame, "midline structures")
+        else:
+            found = _midline_from_mask(mask_of(labels, midline_values), frame, "midline structures")
         if found is not None:
             return found
-    if vertebrae is not None and vertebrae.any():
-        return _midline_from_mask(vertebrae > 0, frame, "vertebrae map")
+    if vertebrae is not None:
+        found = _midline_from_mask(vertebrae > 0, frame, "vertebrae map")
+        if found is not None:
+            return found
     if ct is not None:
         body = ct > -500
         if body.any():
             points = np.argwhere(body[::2, ::2, ::2]) * 2
             return Midline(np.array([0.0]), np.array([float(np.median(frame.left(points)))]), "body in the CT")
     sided = [v for v, n in names.items() if side_of(n)]
-    points = np.argwhere(mask_of(labels, sided)) if sided else np.empty((0, 3))
+    if not sided:
+        return None
+    points = comps.points(comps.of_labels(sided)) if comps is not None else np.argwhere(mask_of(labels, sided))
     if len(points) == 0:
         return None
     lefts = frame.left(points)
@@ -86,15 +105,17 @@ def fix_sides(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], 
     for value, name in names.items():
         if side_of(name) and mirror_name(name) in by_name:
             mirror[value] = by_name[mirror_name(name)]
-    if not mirror or not mask_of(labels, list(mirror)).any():
+    if not mirror:
         return labels, {"pieces_relabelled": 0}
-    midline = find_midline(labels, geometry, names, vertebrae=vertebrae, ct=ct)
+    comps = components_of(labels, components)
+    sided = comps.of_labels(list(mirror))
+    if len(sided) == 0:
+        return labels, {"pieces_relabelled": 0}
+    midline = find_midline(labels, geometry, names, vertebrae=vertebrae, ct=ct, components=comps)
     if midline is None:
         return labels, {"pieces_relabelled": 0}
     frame = PatientFrame.of(geometry)
-    comps = components_of(labels, components)
     lut = comps.identity_lut()
-    sided = np.flatnonzero(np.isin(comps.label, list(mirror)))
     centres = comps.centroids[sided]
     offset = frame.left(centres) - midline.at(frame.head(centres))
     moved = 0

@@ -9,11 +9,14 @@ import numpy as np
 
 from autoorgan.io.image import Geometry
 from autoorgan.postprocess.components import Components, components_of
-from autoorgan.postprocess.frame import mask_of, PatientFrame, vertebra_level
-
+from autoorgan.postprocess.frame import PatientFrame, vertebra_level
 
 #: Contact (touching voxel pairs) per fragment voxel above which a fragment belongs to its neighbour.
 _MIN_CONTACT_PER_VOXEL = 0.5
+#: A detached piece closer than this to its own vertebra's main body keeps its label (mm): about
+#: half the height of a vertebra, the reach of a vertebra's own articular and spinous processes,
+#: which interlock with the neighbour's and can be cut off from their body by it.
+OWN_BODY_REACH_MM = 12.0
 
 
 def vertebra_values(names: Mapping[int, str]) -> dict[int, int]:
@@ -24,43 +27,55 @@ def vertebra_values(names: Mapping[int, str]) -> dict[int, int]:
 def fix_vertebrae(labels: np.ndarray, geometry: Geometry,
                   names: Mapping[int, str], *,
                   components: Components | None = None) -> tuple[np.ndarray, dict[str, Any]]:
-    """Give stray vertebra fragments to the vertebra they touch; order levels head to feet.
+    """Give stray vertebra fragments to the vertebra they belong to; order levels head to feet.
 
-    A detached piece of vertebra A that shares a broad contact with vertebra B (and does not
-    touch A's main body, else it would not be detached) is part of B. Afterwards the vertebrae present are checked against
+    A detached piece of vertebra A is part of vertebra B when it shares a broad contact with
+    B and lies farther than :data:`OWN_BODY_REACH_MM` from A's main body: no part of A reaches
+    that far. A piece near A's main body keeps its label even when B surrounds it (a process of
+    A cut off by B's interlocking process). Afterwards the vertebrae present are checked against
     the patient's head-to-feet axis; if their order is inverted, the present level names are
     reassigned in head-to-feet order.
     """
     levels = vertebra_values(names)
-    if not levels or not mask_of(labels, list(levels)).any():
+    if not levels:
         return labels, {"fragments_reassigned": 0, "levels_renumbered": 0}
     comps = components_of(labels, components)
+    if len(comps.of_labels(list(levels))) == 0:
+        return labels, {"fragments_reassigned": 0, "levels_renumbered": 0}
+    spacing = np.asarray(geometry.spacing, dtype=float)
     main = comps.largest_of_label
     lut = comps.identity_lut()
-    reassigned = 0
-    for comp in range(1, comps.count + 1):
+    reassigned = kept_near_own_body = 0
+    for comp in comps.of_labels(list(levels)):
+        comp = int(comp)
         value = int(comps.label[comp])
-        if value not in levels or main.get(value) == comp:
+        if main.get(value) == comp:
             continue
         touching = {c: n for c, n in comps.neighbours(comp).items() if int(comps.label[c]) in levels}
         # A piece broken off another vertebra shares a broad face with it; a piece of this vertebra
         # that is only detached (cut by the field of view) meets its neighbour at a small joint.
-        if touching and max(touching.values()) >= _MIN_CONTACT_PER_VOXEL * comps.sizes[comp]:
-            target = max(touching, key=lambda c: (touching[c], -c))
-            lut[comp] = comps.label[target]
-            reassigned += 1
-    out = comps.apply(lut) if reassigned else labels
-    out, renumbered = _order_head_to_feet(out, geometry, levels, comps, lut)
-    return out, {"fragments_reassigned": reassigned, "levels_renumbered": renumbered}
+        if not touching or max(touching.values()) < _MIN_CONTACT_PER_VOXEL * comps.sizes[comp]:
+            continue
+        if comps.distance_mm(comp, main[value], spacing, OWN_BODY_REACH_MM) <= OWN_BODY_REACH_MM:
+            kept_near_own_body += 1
+            continue
+        target = max(touching, key=lambda c: (touching[c], -c))
+        lut[comp] = comps.label[target]
+        reassigned += 1
+    lut, renumbered = _order_head_to_feet(geometry, levels, comps, lut)
+    out = comps.apply(lut) if (reassigned or renumbered) else labels
+    return out, {"fragments_reassigned": reassigned, "fragments_kept_near_own_body": kept_near_own_body,
+                 "levels_renumbered": renumbered}
 
 
-def _order_head_to_feet(labels: np.ndarray, geometry: Geometry, levels: dict[int, int], comps: Components,
+def _order_head_to_feet(geometry: Geometry, levels: dict[int, int], comps: Components,
                         lut: np.ndarray) -> tuple[np.ndarray, int]:
-    """Reassign present vertebra labels in head-to-feet order when their order is inverted."""
+    """``lut`` with the present vertebra labels reassigned in head-to-feet order when their order
+    is inverted, and the number of labels that changed."""
     frame = PatientFrame.of(geometry)
     heads: dict[int, float] = {}
     weights: dict[int, float] = {}
-    for comp in range(1, comps.count + 1):
+    for comp in comps.existing():
         value = int(lut[comp])
         if value in levels:
             h = float(frame.head(comps.centroids[comp]))
@@ -71,9 +86,9 @@ def _order_head_to_feet(labels: np.ndarray, geometry: Geometry, levels: dict[int
     centre = {v: heads[v] / weights[v] for v in present}
     by_position = sorted(present, key=lambda v: -centre[v])  # head first
     if by_position == present:
-        return labels, 0
-    remap = np.arange(max(max(levels), int(labels.max())) + 1, dtype=np.int64)
+        return lut, 0
+    remap = np.arange(max(max(levels), int(lut.max())) + 1, dtype=np.int64)
     for old, new in zip(by_position, present, strict=True):
         remap[old] = new
     changed = sum(1 for a, b in zip(by_position, present, strict=True) if a != b)
-    return remap.astype(labels.dtype)[labels], changed
+    return remap[lut], changed
