@@ -14,7 +14,15 @@ import SimpleITK as sitk
 
 from autoorgan.models import find_model
 from autoorgan.phantom import reorient
-from fixture_model import FIXTURE_TASK, TINY_PLANS, TRAIN_ORIENTATIONS, pelvis_phantom
+from fixture_model import (
+    FIXTURE_TASK,
+    TINY_PLANS,
+    TRAIN_ORIENTATIONS,
+    TRAIN_SEEDS,
+    pelvis_phantom,
+    train_schedule_options,
+)
+from multitask_fixtures import whole_body_models  # noqa: F401 - session fixture of the multi-task tests
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -58,8 +66,8 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     data = base / "data"
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
-    for i, codes in enumerate(TRAIN_ORIENTATIONS):
-        phantom = pelvis_phantom(100 + i)
+    for i, (seed, codes) in enumerate(zip(TRAIN_SEEDS, TRAIN_ORIENTATIONS, strict=True)):
+        phantom = pelvis_phantom(seed)
         sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
         sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
     models = base / "models"
@@ -67,9 +75,8 @@ def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
     result = CliRunner().invoke(app, [
         "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
-        "--work-dir", str(base / "work"), "--device", "cpu", "--epochs", "45", "--iterations-per-epoch", "25",
-        "--initial-lr", "0.1", "--plans-override", str(plans_override), "--augmentation-workers", "0", "--seed", "0",
-        "--quiet",
+        "--work-dir", str(base / "work"), "--device", "cpu", *train_schedule_options(),
+        "--plans-override", str(plans_override), "--augmentation-workers", "0", "--quiet",
     ])
     if result.exit_code != 0:
         pytest.fail(f"autoorgan train failed (exit {result.exit_code}): {result.output}{result.exception!r}")

@@ -57,9 +57,9 @@ def _worker_env() -> dict[str, str]:
 
 
 def _stable(data: object) -> object:
-    """A sidecar without its timings (``seconds``), which differ from run to run."""
+    """A sidecar without its timings (``seconds``, ``timing``), which differ from run to run."""
     if isinstance(data, dict):
-        return {k: _stable(v) for k, v in data.items() if k != "seconds"}
+        return {k: _stable(v) for k, v in data.items() if k not in ("seconds", "timing")}
     if isinstance(data, list):
         return [_stable(v) for v in data]
     return data

@@ -19,7 +19,7 @@ import numpy as np
 import SimpleITK as sitk
 
 from autoorgan.errors import InputError
-from autoorgan.io.cases import find_cases
+from autoorgan.io.cases import Case, find_cases
 from autoorgan.io.image import Geometry, Volume, image_from_array, read_volume
 from autoorgan.io.orientation import plan_reorientation, reoriented_geometry
 from autoorgan.io.writing import write_json
@@ -63,10 +63,26 @@ def _raw_dataset_images(data_dir: Path) -> dict[str, Path]:
                          "single-channel CT models only")
     images: dict[str, Path] = {}
     for case in find_cases(data_dir / "imagesTr"):
+        _image_files([case])
         if not case.case_id.endswith("_0000"):
             raise InputError(f"{case.path}: nnU-Net image names end in _0000 (channel 0) before the file ending")
         images[case.case_id.removesuffix("_0000")] = case.path
     return images
+
+
+def _image_files(cases: Iterable[Case]) -> dict[str, Path]:
+    """Case id → file of ``cases``; :class:`InputError` naming the folder of a DICOM series.
+
+    Training reads image files (NIfTI, NRRD, MHA): a DICOM series (whose case id comes from its
+    folder and series, not a file name to pair with a label) is refused before anything is written.
+    """
+    files: dict[str, Path] = {}
+    for case in cases:
+        if case.kind == "dicom":
+            raise InputError(f"{case.path}: holds a DICOM series; training reads image files only "
+                             "(NIfTI, NRRD, MHA); convert the series to one first (e.g. with dcm2niix)")
+        files[case.case_id] = case.path
+    return files
 
 
 def find_training_cases(data_dir: Path) -> list[TrainingCase]:
@@ -80,14 +96,14 @@ def find_training_cases(data_dir: Path) -> list[TrainingCase]:
         raise InputError(f"training data {data_dir} is not a folder")
     if is_raw_dataset(data_dir):
         images = _raw_dataset_images(data_dir)
-        labels = {c.case_id: c.path for c in find_cases(data_dir / "labelsTr")}
+        labels = _image_files(find_cases(data_dir / "labelsTr"))
     else:
         images_dir, labels_dir = data_dir / "images", data_dir / "labels"
         if not images_dir.is_dir() or not labels_dir.is_dir():
             raise InputError(f"training data {data_dir} must hold the folders images/ and labels/ "
                              "(or be an nnU-Net raw dataset with imagesTr/, labelsTr/ and dataset.json)")
-        images = {c.case_id: c.path for c in find_cases(images_dir)}
-        labels = {c.case_id: c.path for c in find_cases(labels_dir)}
+        images = _image_files(find_cases(images_dir))
+        labels = _image_files(find_cases(labels_dir))
     unmatched = sorted(set(images) ^ set(labels))
     if unmatched:
         raise InputError(f"training data {data_dir}: no matching image/label for case(s) {', '.join(unmatched[:10])}")

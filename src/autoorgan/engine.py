@@ -176,10 +176,21 @@ class Segmenter:
         A ``torch.device``.
     tile_step_size:
         Sliding-window step as a fraction of the patch (nnU-Net's default 0.5).
+    use_mirroring:
+        Test-time augmentation by mirroring (nnU-Net's default; ``False`` is ``--no-tta``).
+    export:
+        ``"torch"`` (default): the streamed torch export of :mod:`autoorgan.fast_export`, the same
+        interpolation as nnU-Net's in a fraction of its time and memory; ``"nnunet"``: nnU-Net's
+        own ``convert_predicted_logits_to_segmentation_with_correct_shape``. Models whose plans
+        use another probability resampling always use nnU-Net's.
+    crop_body:
+        Predict only the bounding box of the body (:func:`autoorgan.body.body_box`); the rest is
+        background.
     """
 
     def __init__(self, model_folder: Path, fold: int | str, device: Any, *, tile_step_size: float = 0.5,
-                 checkpoint_name: str = "checkpoint_final.pth", trust_checkpoint: bool = False):
+                 checkpoint_name: str = "checkpoint_final.pth", trust_checkpoint: bool = False,
+                 use_mirroring: bool = True, export: str = "torch", crop_body: bool = False):
         from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
         from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
@@ -205,7 +216,7 @@ class Segmenter:
             predictor = nnUNetPredictor(
                 tile_step_size=tile_step_size,
                 use_gaussian=True,
-                use_mirroring=True,
+                use_mirroring=use_mirroring,
                 perform_everything_on_device=device.type == "cuda",
                 device=device,
                 verbose=False,
@@ -217,7 +228,14 @@ class Segmenter:
                 trainer_name, checkpoint.get("inference_allowed_mirroring_axes"),
             )
         self._predictor = predictor
-        log.debug("loaded %s fold %s on %s", self.model_folder, fold, device)
+        if export not in ("torch", "nnunet"):
+            raise ValueError(f"unknown export '{export}'; use torch or nnunet")
+        applies = _torch_export_applies(configuration_manager) and not predictor.label_manager.has_regions
+        self.export = "torch" if export == "torch" and applies else "nnunet"
+        self.crop_body = crop_body
+        #: Seconds per stage of the last :meth:`predict` (``preprocess``, ``network``, ``export``).
+        self.last_timing: dict[str, float] = {}
+        log.debug("loaded %s fold %s on %s (export: %s)", self.model_folder, fold, device, self.export)
 
     @property
     def trainer_name(self) -> str:
@@ -240,12 +258,95 @@ class Segmenter:
                 f"image extent {' x '.join(f'{e:.1f}' for e in extent)} mm is smaller than one voxel of the "
                 f"model's working grid ({' x '.join(f'{t:.2f}' for t in target)} mm)"
             )
-        data = np.ascontiguousarray(array_zyx, dtype=np.float32)[None]
+        box = self._body_box(array_zyx, spacing_zyx, target) if self.crop_body else None
+        if box is None:
+            return self._predict_region(array_zyx, spacing_zyx)
+        labels = self._predict_region(array_zyx[box], spacing_zyx)
+        full = np.zeros(array_zyx.shape, dtype=labels.dtype)
+        full[box] = labels
+        return full
+
+    @staticmethod
+    def _body_box(array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                  target: list[float]) -> tuple[slice, ...] | None:
+        """The body's box when cropping to it saves work (else ``None``: predict everything)."""
+        from autoorgan.body import body_box, box_fraction
+
+        box = body_box(array_zyx, spacing_zyx)
+        if box is None or box_fraction(box, array_zyx.shape) > 0.95:
+            return None
+        if any((s.stop - s.start) * sp < t for s, sp, t in zip(box, spacing_zyx, target, strict=True)):
+            return None
+        log.debug("body box %s covers %.0f%% of the image", box, 100 * box_fraction(box, array_zyx.shape))
+        return box
+
+    def _predict_region(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+        """nnU-Net's ``predict_single_npy_array`` step by step — preprocess, network, export — timed.
+
+        The steps are nnU-Net's own (``run_case_npy``, ``predict_logits_from_preprocessed_data``);
+        only the export may be the streamed torch one (see :mod:`autoorgan.fast_export`).
+        """
+        import time
+
+        import torch
+
+        predictor = self._predictor
+        spacing = [float(s) for s in spacing_zyx]
+        start = time.perf_counter()
         with _quiet_nnunet():
-            seg = self._predictor.predict_single_npy_array(
-                data, {"spacing": [float(s) for s in spacing_zyx]}, None, None, False
-            )
+            preprocessor = predictor.configuration_manager.preprocessor_class(verbose=False)
+            data, _, properties = preprocessor.run_case_npy(
+                np.asarray(array_zyx, dtype=np.float32)[None], None, {"spacing": spacing}, predictor.plans_manager,
+                predictor.configuration_manager, predictor.dataset_json)
+            tensor = torch.from_numpy(data)
+            del data
+            preprocessed = time.perf_counter()
+            logits = predictor.predict_logits_from_preprocessed_data(tensor).cpu()
+            del tensor
+            predicted = time.perf_counter()
+            seg = self._export(logits, properties)
+            del logits
+        done = time.perf_counter()
+        self.last_timing = {"preprocess": preprocessed - start, "network": predicted - preprocessed,
+                            "export": done - predicted}
+        log.debug("preprocess %.2f s, network %.2f s, export (%s) %.2f s", preprocessed - start,
+                  predicted - preprocessed, self.export, done - predicted)
         return np.asarray(seg)
+
+    def _export(self, logits: Any, properties: dict[str, Any]) -> np.ndarray:
+        """Logits on the network's grid → label map on the input's grid (nnU-Net's or the torch export)."""
+        predictor = self._predictor
+        if self.export == "nnunet":
+            from nnunetv2.inference.export_prediction import (
+                convert_predicted_logits_to_segmentation_with_correct_shape,
+            )
+
+            return convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
+        from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
+
+        from autoorgan.fast_export import export_labels
+
+        configuration = predictor.configuration_manager
+        kwargs = configuration.configuration.get("resampling_fn_probabilities_kwargs", {})
+        forward = predictor.plans_manager.transpose_forward
+        separate_z, axis = determine_do_sep_z_and_axis(
+            kwargs.get("force_separate_z"), configuration.spacing, [properties["spacing"][i] for i in forward],
+            *(() if "separate_z_anisotropy_threshold" not in kwargs else (kwargs["separate_z_anisotropy_threshold"],)))
+        foreground = len(predictor.label_manager.foreground_labels)
+        return export_labels(logits, properties, transpose_backward=predictor.plans_manager.transpose_backward,
+                             nearest_axis=int(axis) if separate_z else None,
+                             label_dtype=np.uint8 if foreground < 255 else np.uint16)
+
+
+def _torch_export_applies(configuration_manager: Any) -> bool:
+    """Whether the torch export reproduces this configuration's probability resampling: nnU-Net's
+    default one (linear, nearest neighbour along a separate z axis) on a 3-D configuration."""
+    config = configuration_manager.configuration
+    kwargs = config.get("resampling_fn_probabilities_kwargs", {})
+    return (config.get("resampling_fn_probabilities") == "resample_data_or_seg_to_shape"
+            and len(configuration_manager.spacing) == 3 and not kwargs.get("is_seg", False)
+            and kwargs.get("order", 3) == 1 and kwargs.get("order_z", 0) == 0)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -368,13 +469,18 @@ def export_model(model_folder: Path, archive: Path, *, configuration: str, fold:
 
     ``model_folder`` is ``RESULTS/Dataset{ID}_{Name}/{trainer}__{plans}__{configuration}``; the
     archive holds paths relative to ``RESULTS``, the layout ``install_model_from_zip_file`` expects.
+    Details of this machine are then taken out (``debug.json``, absolute paths in JSON members;
+    see :func:`autoorgan.releases.scrub_model_archive`).
     """
     from nnunetv2.model_sharing.model_export import export_pretrained_model
+
+    from autoorgan.releases import scrub_model_archive
 
     results = model_folder.parents[1]
     with nnunet_environment(NnUNetPaths(results=results)), _quiet_nnunet():
         export_pretrained_model(model_folder.parent.name, str(archive), configurations=(configuration,),
                                 trainer=trainer, plans_identifier=plans, folds=(fold,))
+    scrub_model_archive(Path(archive))
 
 
 def install_model_archive(archive: Path, results: Path) -> None:
@@ -383,3 +489,40 @@ def install_model_archive(archive: Path, results: Path) -> None:
 
     with nnunet_environment(NnUNetPaths(results=results)), _quiet_nnunet():
         install_model_from_zip_file(str(archive))
+
+
+# ---------------------------------------------------------------------------------------------
+# Benchmark models
+
+
+def write_untrained_checkpoint(model_folder: Path, *, configuration: str = "3d_fullres", fold: int | str = 0,
+                               trainer: str = "nnUNetTrainer", seed: int = 0) -> Path:
+    """Write ``fold_{fold}/checkpoint_final.pth`` with RANDOMLY initialised weights of the network
+    nnU-Net builds from ``model_folder``'s plans (for timing and memory benchmarks only).
+
+    The checkpoint holds the keys nnU-Net's own loader and :class:`Segmenter` read:
+    ``network_weights``, ``init_args.configuration``, ``trainer_name`` and
+    ``inference_allowed_mirroring_axes``. Returns its path.
+    """
+    import torch
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+    from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    dataset_json = json.loads((model_folder / "dataset.json").read_text(encoding="utf-8"))
+    plans_manager = PlansManager(json.loads((model_folder / "plans.json").read_text(encoding="utf-8")))
+    configuration_manager = plans_manager.get_configuration(configuration)
+    torch.manual_seed(seed)
+    network = recursive_find_trainer_class_by_name(trainer).build_network_architecture(
+        plans_manager, configuration_manager,
+        determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
+        plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
+        enable_deep_supervision=False,
+    )
+    path = model_folder / f"fold_{fold}" / "checkpoint_final.pth"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"network_weights": network.state_dict(),
+                "init_args": {"configuration": configuration, "fold": fold},
+                "trainer_name": trainer,
+                "inference_allowed_mirroring_axes": tuple(range(len(configuration_manager.patch_size)))}, str(path))
+    return path

@@ -162,7 +162,7 @@ def file_sha256(path: Path) -> str:
 
 def install_weights(
     archive_path: Path, models_dir: Path, *, registry: TaskRegistry, force: bool = False,
-    sha256: str | None = None,
+    sha256: str | None = None, release_table: Path | None = None,
 ) -> list[InstalledModel]:
     """Install an nnU-Net model zip (nnU-Net's export format) into ``models_dir``.
 
@@ -170,7 +170,9 @@ def install_weights(
     each model folder needs ``dataset.json``, ``plans.json`` and at least one
     ``fold_*/checkpoint_final.pth``, and an installed model is replaced only with ``force``.
     Extraction goes to a temporary folder inside ``models_dir`` and is moved into place.
-    With ``sha256`` the archive's checksum must match before it is opened.
+    With ``sha256`` the archive's checksum must match before it is opened; without it, a known
+    release (``configs/model_checksums.json``, or ``release_table``) must match its recorded
+    checksum (see :func:`autoorgan.releases.check_known_release`).
     """
     if not archive_path.is_file():
         raise InstallError(f"model archive {archive_path} does not exist")
@@ -178,6 +180,10 @@ def install_weights(
         actual = file_sha256(archive_path)
         if actual != sha256.strip().lower():
             raise InstallError(f"{archive_path.name}: sha256 {actual} does not match the expected {sha256.strip()}")
+    else:
+        from autoorgan.releases import check_known_release, load_release_table
+
+        check_known_release(archive_path, load_release_table(release_table))
     try:
         archive = zipfile.ZipFile(archive_path)
     except (zipfile.BadZipFile, OSError) as exc:

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal, Protocol
@@ -24,7 +24,7 @@ from autoorgan.io.image import Volume, image_from_array
 from autoorgan.io.orientation import plan_reorientation
 from autoorgan.io.reading import read_case, source_sidecar
 from autoorgan.io.writing import write_image, write_json
-from autoorgan.outputs import CaseOutputs
+from autoorgan.outputs import OUTPUT_OPTIONS_KEY, CaseOutputs, reserved_case_id_problem
 from autoorgan.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -54,6 +54,8 @@ class BatchResult:
     """All cases of a run (of this shard)."""
 
     results: list[CaseResult] = field(default_factory=list)
+    #: Why the batch stopped before its end (the model could not load, the output folder failed).
+    aborted: str | None = None
 
     def count(self, status: Status) -> int:
         return sum(r.status == status for r in self.results)
@@ -97,6 +99,26 @@ class CaseContext:
     outputs: CaseOutputs
     labels: np.ndarray
     sidecar: dict[str, Any] = field(default_factory=dict)
+    #: Intermediate results of the prediction that extra outputs may write (e.g. ``"task_maps"``,
+    #: each task's own map in a multi-task run).
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Segmentation:
+    """What a :class:`CaseSegmenter` made of one case: the label map (``[x, y, z]`` on the input's
+    grid), the sidecar it describes, and intermediate results for extra outputs."""
+
+    labels: np.ndarray
+    sidecar: dict[str, Any]
+    artifacts: dict[str, Any] = field(default_factory=dict)
+
+
+class CaseSegmenter(Protocol):
+    """Segments a whole case instead of the single model of :class:`BatchJob` (multi-task runs,
+    see :mod:`autoorgan.cascade`); it loads its own models and reports stages to ``listener``."""
+
+    def __call__(self, case: Case, volume: Volume, out: CaseOutputs, listener: ProgressListener) -> Segmentation: ...
 
 
 class CaseStep(Protocol):
@@ -170,6 +192,15 @@ def segment_volume(volume: Volume, task: Task, predictor: Predictor) -> np.ndarr
     return np.ascontiguousarray(labels.astype(label_dtype(task.max_label), copy=False))
 
 
+def record_timing(case_id: str, stages: dict[str, float], total: float) -> dict[str, float]:
+    """Seconds per stage of one case (``read``, ``preprocess``, ``network``, ``export``, ``write``
+    and ``total`` up to the label map), logged at DEBUG and kept in the sidecar's ``"timing"``."""
+    timing = {name: round(float(seconds), 3) for name, seconds in stages.items()}
+    timing["total"] = round(float(total), 3)
+    log.debug("%s: %s", case_id, ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timing.items()))
+    return timing
+
+
 def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
                   label_file: str, orientation: str) -> dict[str, Any]:
     """The sidecar written next to a label map: what made it and what its values mean.
@@ -216,12 +247,23 @@ class BatchJob:
     extra_outputs: Sequence[CaseStep] = ()
     #: Run once at the end of the batch.
     finalizers: Sequence[BatchStep] = ()
+    #: Run when the batch aborts (``ModelLoadError``/``OutputError``), with ``BatchResult.aborted``
+    #: set, before the error goes on to the caller; a step that fails is logged and never hides
+    #: the abort (e.g. the run record, where the folder still takes it).
+    abort_steps: Sequence[BatchStep] = ()
     #: With ``resume``: do not retry cases that have a failure record (``--skip-failed``).
     skip_failed: bool = False
     #: Label map file ending (``.nii.gz`` or ``.nrrd``); ``write_label_map=False`` writes none
     #: (extra outputs such as per-structure masks only; the sidecar then says ``"label_map": null``).
     label_suffix: str = ".nii.gz"
     write_label_map: bool = True
+    #: Options the outputs depend on (output type, split masks, ROI subset): recorded in each
+    #: sidecar as ``output_options``; with ``resume`` a case is complete only for the same options.
+    output_options: Mapping[str, Any] = field(default_factory=dict)
+    #: Segments each case instead of ``load_predictor``'s model (several tasks in one run); its
+    #: sidecar replaces :func:`build_sidecar`'s, and outputs count as complete with
+    #: ``dataset_id`` ``None`` (``task.name`` names the task set).
+    case_segmenter: CaseSegmenter | None = None
     _predictor: Predictor | None = field(default=None, init=False, repr=False)
 
     def _ensure_output_dir(self) -> None:
@@ -235,8 +277,10 @@ class BatchJob:
         outputs = {c.case_id: CaseOutputs(self.output_dir, c.case_id, self.label_suffix) for c in self.cases}
         for out in outputs.values():
             out.remove_leftovers()
+        dataset_id = None if self.case_segmenter is not None else self.task.dataset_id
         pending = [c for c in self.cases
-                   if not (self.resume and outputs[c.case_id].is_complete(self.task.name, self.task.dataset_id))]
+                   if not (self.resume and outputs[c.case_id].is_complete(self.task.name, dataset_id,
+                                                                           self.output_options))]
         self.listener.batch_started(len(self.cases), len(pending))
         batch = BatchResult()
         for case in self.cases:
@@ -244,22 +288,35 @@ class BatchJob:
                 result = CaseResult(case.case_id, "skipped", output=outputs[case.case_id].label_map)
                 self.listener.case_finished(result)
                 batch.results.append(result)
-        for case in pending:
-            earlier = read_failure(self.output_dir, case.case_id) if self.resume and self.skip_failed else None
-            if earlier is not None:
-                result = CaseResult(case.case_id, "failed", error=f"{earlier.error} (earlier failure, not retried)")
-            else:
-                self.listener.case_started(case.case_id)
-                result = self._run_case(case, outputs[case.case_id])
-                if result.status == "failed":
-                    write_failure(self.output_dir, case.case_id, result.error or "unknown error")
+        try:
+            for case in pending:
+                earlier = read_failure(self.output_dir, case.case_id) if self.resume and self.skip_failed else None
+                if earlier is not None:
+                    result = CaseResult(case.case_id, "failed",
+                                        error=f"{earlier.error} (earlier failure, not retried)")
                 else:
-                    clear_failure(self.output_dir, case.case_id)
-            self.listener.case_finished(result)
-            batch.results.append(result)
+                    self.listener.case_started(case.case_id)
+                    result = self._run_case(case, outputs[case.case_id])
+                    if result.status == "failed":
+                        write_failure(self.output_dir, case.case_id, result.error or "unknown error")
+                    else:
+                        clear_failure(self.output_dir, case.case_id)
+                self.listener.case_finished(result)
+                batch.results.append(result)
+        except (ModelLoadError, OutputError) as exc:
+            batch.aborted = str(exc)
+            self._after_abort(batch)
+            raise
         for finalize in self.finalizers:
             finalize(batch, self.output_dir)
         return batch
+
+    def _after_abort(self, batch: BatchResult) -> None:
+        for step in self.abort_steps:
+            try:
+                step(batch, self.output_dir)
+            except (AutoOrganError, OSError) as exc:
+                log.warning("after the abort, %s could not run: %s", type(step).__name__, exc)
 
     def _predictor_loaded(self, case_id: str) -> Predictor:
         if self._predictor is None:
@@ -271,16 +328,26 @@ class BatchJob:
         start = time.perf_counter()
         wrote_label_map = False
         try:
+            problem = reserved_case_id_problem(case.case_id)
+            if problem is not None:
+                raise CaseError(f"{case.path.name}: {problem}")
             self.listener.case_stage(case.case_id, "reading")
             volume = read_case(case)
-            predictor = self._predictor_loaded(case.case_id)
-            self.listener.case_stage(case.case_id, "predicting")
-            labels = segment_volume(volume, self.task, predictor)
-            orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
-            ctx = CaseContext(case=case, volume=volume, task=self.task, outputs=out, labels=labels,
-                              sidecar=build_sidecar(self.task, case, trainer=self.trainer_name(),
-                                                    nnunet=self.nnunet_version, label_file=out.label_map.name,
-                                                    orientation=orientation))
+            timing: dict[str, float] = {"read": time.perf_counter() - start}
+            if self.case_segmenter is not None:
+                segmentation = self.case_segmenter(case, volume, out, self.listener)
+                ctx = CaseContext(case=case, volume=volume, task=self.task, outputs=out, labels=segmentation.labels,
+                                  sidecar=segmentation.sidecar, artifacts=segmentation.artifacts)
+            else:
+                predictor = self._predictor_loaded(case.case_id)
+                self.listener.case_stage(case.case_id, "predicting")
+                labels = segment_volume(volume, self.task, predictor)
+                timing.update(getattr(predictor, "last_timing", None) or {})
+                orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
+                ctx = CaseContext(case=case, volume=volume, task=self.task, outputs=out, labels=labels,
+                                  sidecar=build_sidecar(self.task, case, trainer=self.trainer_name(),
+                                                        nnunet=self.nnunet_version, label_file=out.label_map.name,
+                                                        orientation=orientation))
             warnings = intensity_warnings(volume.array)
             for warning in warnings:
                 log.warning("%s: %s", case.case_id, warning)
@@ -291,10 +358,15 @@ class BatchJob:
                 step(ctx)
             self.listener.case_stage(case.case_id, "writing")
             if self.write_label_map:
+                written = time.perf_counter()
                 write_image(image_from_array(ctx.labels, volume.geometry), out.label_map)
                 wrote_label_map = True
+                timing["write"] = time.perf_counter() - written
             else:
                 ctx.sidecar["label_map"] = None
+            ctx.sidecar["timing"] = record_timing(case.case_id, timing, time.perf_counter() - start)
+            if self.output_options:
+                ctx.sidecar[OUTPUT_OPTIONS_KEY] = dict(self.output_options)
             for step in self.extra_outputs:
                 self.listener.case_stage(case.case_id, step.name)
                 step(ctx)

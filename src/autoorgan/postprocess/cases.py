@@ -73,7 +73,7 @@ _BONES = ("vertebrae", "sacrum", "hip", "femur", "rib", "sternum", "costal", "hu
 def totalsegmentator_case(folder: Path, seg: str, ct: str | None = None) -> ReferenceCase:
     """A TotalSegmentator "total" reference converted into the ribs and vertebrae label spaces;
     its bone classes serve as the skeleton map."""
-    class_map = json.loads((folder / "class_map_total.json").read_text())["total"]
+    class_map = json.loads((folder / "class_map_total.json").read_text(encoding="utf-8"))["total"]
     volume = volume_from_image(sitk.ReadImage(str(folder / seg)), seg)
     total = volume.array.astype(np.int64)
     bone_values = [int(k) for k, n in class_map.items() if n.startswith(_BONES)]

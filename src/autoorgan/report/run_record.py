@@ -122,6 +122,7 @@ class RunRecorder:
             "model": {"checkpoints": checkpoints},
             "device": dict(self.device),
             "summary": {status: results.count(status) for status in ("done", "skipped", "failed")},
+            "aborted": results.aborted,
             "cases": [
                 {"case": r.case_id, "status": r.status, "error": r.error, "seconds": round(r.seconds, 3)}
                 for r in results.results
@@ -129,6 +130,7 @@ class RunRecorder:
         }
 
     def __call__(self, results: BatchResult, output_dir: Path) -> None:
+        """Write the record (also when the batch aborted: then ``aborted`` says why)."""
         self.written = write_json(self.build(results), output_dir / self.file_name)
         log.info("run record: %s", self.written.name)
 

@@ -1,0 +1,50 @@
+"""Speed settings of a prediction: what is exact by default, and the measured ``--fast`` preset.
+
+The default reproduces ``nnUNetv2_predict`` (mirroring on, tile step 0.5) label for label; its
+only change is the streamed torch export (:mod:`autoorgan.fast_export`), which gives the same
+labels in less time and memory. ``--fast`` trades a little agreement for much less work: no
+mirroring (one network pass per tile instead of up to eight), a larger tile step and the body
+crop (:mod:`autoorgan.body`). The README quotes its measured Dice against the default.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from autoorgan.errors import InputError
+
+#: nnU-Net's default sliding-window step.
+DEFAULT_STEP = 0.5
+#: The sliding-window step of ``--fast``.
+FAST_STEP = 0.7
+EXPORTS = ("torch", "nnunet")
+
+
+@dataclass(frozen=True)
+class SpeedOptions:
+    """How one run predicts: sliding-window step, mirroring, body crop and export."""
+
+    step_size: float = DEFAULT_STEP
+    tta: bool = True
+    crop_body: bool = False
+    export: str = "torch"
+
+    def as_dict(self) -> dict[str, object]:
+        return {"step_size": self.step_size, "tta": self.tta, "crop_body": self.crop_body, "export": self.export}
+
+
+def resolve_speed(*, fast: bool = False, step_size: float | None = None, tta: bool | None = None,
+                  crop_body: bool | None = None, export: str = "torch") -> SpeedOptions:
+    """The settings of a run: the default (or the ``fast`` preset), with any explicit choice on top.
+
+    ``None`` means "not chosen": the preset decides. Raises :class:`InputError` for a step outside
+    (0, 1] or an unknown export.
+    """
+    step = step_size if step_size is not None else (FAST_STEP if fast else DEFAULT_STEP)
+    if not 0 < step <= 1:
+        raise InputError(f"step size must be in (0, 1], got {step}")
+    kind = export.strip().lower()
+    if kind not in EXPORTS:
+        raise InputError(f"export must be one of {', '.join(EXPORTS)}, got '{export}'")
+    return SpeedOptions(step_size=float(step), tta=(not fast) if tta is None else tta,
+                        crop_body=fast if crop_body is None else crop_body, export=kind)
