@@ -57,7 +57,7 @@ def test_model_that_cannot_load_still_leaves_a_run_record_with_the_reason(traine
     assert result.exit_code == 3, result.output
     assert "cannot load the model" in result.output and "Traceback" not in result.output
     [record] = _records(out)
-    assert record["aborted"].startswith("cannot load the model in ")
+    assert record["aborted"].startswith("cannot load the model of task 'hip' in ")
     assert record["summary"] == {"done": 0, "skipped": 0, "failed": 0}
     assert record["options"]["task"] == FIXTURE_TASK
     assert not (out / "a.nii.gz").exists() and not (out / "a.json").exists()

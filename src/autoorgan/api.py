@@ -174,16 +174,7 @@ def predict(
     loaded: list[engine.Segmenter] = []
 
     def load() -> engine.Segmenter:
-        try:
-            segmenter = engine.Segmenter(location.folder, the_task.fold, torch_device,
-                                         tile_step_size=speed.step_size, trust_checkpoint=trust_checkpoint,
-                                         use_mirroring=speed.tta, crop_body=speed.crop_body, export=speed.export)
-        except engine.UnsafeCheckpoint as exc:
-            raise ModelLoadError(f"refusing to load {location.checkpoint}: {exc}; pass --trust-checkpoint only "
-                                 "if you trust where this model comes from") from None
-        except Exception as exc:  # noqa: BLE001 - any failure inside nnU-Net's loader
-            raise ModelLoadError(f"cannot load the model in {location.folder}: {type(exc).__name__}: {exc}"
-                                 .splitlines()[0]) from None
+        segmenter = load_segmenter(location, the_task, torch_device, speed, trust_checkpoint=trust_checkpoint)
         loaded.append(segmenter)
         return segmenter
 
@@ -215,6 +206,25 @@ def predict(
     # --continue: a case repaired (or not) differently is not complete for this run.
     job.output_options = {**job.output_options, "postprocess": bool(repair_steps)}
     return job.run()
+
+
+def load_segmenter(location: Any, task: Task, torch_device: object, speed: Any, *,
+                   trust_checkpoint: bool) -> Any:
+    """``task``'s model (at ``location``) loaded for prediction with ``speed``'s settings; a
+    checkpoint that needs code, or any failure inside nnU-Net's loader, is one :class:`ModelLoadError`
+    line naming the model."""
+    from autoorgan import engine
+
+    try:
+        return engine.Segmenter(location.folder, task.fold, torch_device, tile_step_size=speed.step_size,
+                                trust_checkpoint=trust_checkpoint, use_mirroring=speed.tta,
+                                crop_body=speed.crop_body, export=speed.export)
+    except engine.UnsafeCheckpoint as exc:
+        raise ModelLoadError(f"refusing to load {location.checkpoint}: {exc}; pass --trust-checkpoint only "
+                             "if you trust where this model comes from") from None
+    except Exception as exc:  # noqa: BLE001 - any failure inside nnU-Net's loader
+        raise ModelLoadError(f"cannot load the model of task '{task.name}' in {location.folder}: "
+                             f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
 
 
 def _output_steps(task: Task, output_type: str, *, split: bool, split_only: bool,

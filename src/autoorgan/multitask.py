@@ -15,7 +15,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import TYPE_CHECKING, Any
 
-from autoorgan.errors import InputError, ModelLoadError, ModelNotFoundError, TaskError
+from autoorgan.errors import InputError, ModelNotFoundError, TaskError
 from autoorgan.tasks import Task, TaskRegistry, load_registry, normalize_name
 from autoorgan.whole_body import ALL, whole_body_table
 
@@ -167,16 +167,7 @@ def predict_multi(
     torch_device = api._device(device)
 
     def load(model: TaskModel) -> engine.Segmenter:
-        try:
-            return engine.Segmenter(model.location.folder, model.task.fold, torch_device,
-                                    tile_step_size=speed.step_size, trust_checkpoint=trust_checkpoint,
-                                    use_mirroring=speed.tta, crop_body=speed.crop_body, export=speed.export)
-        except engine.UnsafeCheckpoint as exc:
-            raise ModelLoadError(f"refusing to load {model.location.checkpoint}: {exc}; pass --trust-checkpoint "
-                                 "only if you trust where this model comes from") from None
-        except Exception as exc:  # noqa: BLE001 - any failure inside nnU-Net's loader
-            raise ModelLoadError(f"cannot load the model of task '{model.task.name}' in {model.location.folder}: "
-                                 f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+        return api.load_segmenter(model.location, model.task, torch_device, speed, trust_checkpoint=trust_checkpoint)
 
     repaired = frozenset(t.name for t in tasks if (postprocess if postprocess is not None else t.name in BONE_TASKS))
     segmenter = MultiTaskSegmenter(

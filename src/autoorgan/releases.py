@@ -20,7 +20,6 @@ entry).
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import zipfile
@@ -32,6 +31,7 @@ from typing import Any
 
 from autoorgan.errors import InstallError
 from autoorgan.io.writing import atomic_path
+from autoorgan.models import file_sha256
 
 log = logging.getLogger(__name__)
 
@@ -56,15 +56,6 @@ class Release:
 def default_table_path() -> Path:
     """The checksum table shipped in the package (``configs/model_checksums.json``)."""
     return Path(str(resources.files("autoorgan") / "configs" / CHECKSUMS_NAME))
-
-
-def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
 
 
 def parse_release_table(data: Mapping[str, Any], source: str) -> dict[str, Release]:
