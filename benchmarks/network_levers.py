@@ -1,11 +1,15 @@
-"""The network stage alone on CPU: float32 against bfloat16 autocast, and torch thread counts.
+"""The network stage alone on CPU: float32 against bfloat16 autocast, torch thread counts, and
+several tiles per network call.
 
     python benchmarks/network_levers.py --work /tmp/compare [--model default|tiny] [--size 64] [--repeats 3]
+    python benchmarks/network_levers.py --work /tmp/compare --model default --patch --repeats 1
 
-Times one forward pass of the benchmark model's network (RANDOM weights, bench_models.py) on a
-``size``³ input for each setting (median of ``repeats``), and the share of voxels whose argmax
-differs from float32. These are the levers "half precision on CPU" and "thread settings"; the
-result decides whether autoorgan uses them (see the README's "Speed and memory").
+Times forward passes of the benchmark model's network (RANDOM weights, bench_models.py) on
+``size``³ tiles (``--patch``: the model's own patch) for each setting — median seconds *per
+tile* over ``repeats`` — and the share of voxels whose argmax differs from float32 one tile at a
+time. These are the levers "half precision on CPU", "thread settings" and "tiles per call"; the
+result decides whether autoorgan uses them (see the README's "Speed and memory" and
+``engine.tile_batch_size``).
 """
 
 from __future__ import annotations
@@ -32,27 +36,42 @@ def main() -> None:
     parser.add_argument("--model", choices=("default", "tiny"), default="default")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--patch", action="store_true", help="tiles of the model's own patch size")
+    parser.add_argument("--batches", default="1,2,4", help="tiles per call to time (float32, all threads)")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting first")
+    parser.add_argument("--no-bf16", action="store_true", help="leave out bfloat16 (slow on CPUs without it)")
     args = parser.parse_args()
     bench = make_bench_model(args.work / "models", tiny=args.model == "tiny")
-    network = engine.Segmenter(bench.model_folder, 0, torch.device("cpu"))._predictor.network.eval()
-    x = torch.randn(1, 1, args.size, args.size, args.size, generator=torch.Generator().manual_seed(0))
+    segmenter = engine.Segmenter(bench.model_folder, 0, torch.device("cpu"))
+    network = segmenter._predictor.network.eval()
+    shape = list(segmenter.patch_size) if args.patch else [args.size] * 3
+    threads_available = torch.get_num_threads()
+    generator = torch.Generator().manual_seed(0)
+    tiles = torch.randn(max(int(b) for b in args.batches.split(",")), 1, *shape, generator=generator)
     results, reference = {}, None
-    settings = [("float32", 1), ("float32", 2), ("bfloat16", 2)]
-    for dtype, threads in settings:
+    settings = [("float32", 1, 1), ("float32", threads_available, 1)]
+    settings += [] if args.no_bf16 else [("bfloat16", threads_available, 1)]
+    settings += [("float32", threads_available, int(b)) for b in args.batches.split(",") if int(b) > 1]
+    for dtype, threads, batch in settings:
         torch.set_num_threads(threads)
+        x = tiles[:batch]
         times = []
+        for _ in range(args.warmup):
+            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+                network(x)
         for _ in range(args.repeats):
             start = time.perf_counter()
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
                 out = network(x).float()
-            times.append(time.perf_counter() - start)
-        labels = out.argmax(1)
+            times.append((time.perf_counter() - start) / batch)
+        labels = out[:1].argmax(1)
         reference = labels if reference is None else reference
-        results[f"{dtype}, {threads} thread(s)"] = {
-            "median_s": round(statistics.median(times), 3),
+        results[f"{dtype}, {threads} thread(s), {batch} tile(s) per call"] = {
+            "median_s_per_tile": round(statistics.median(times), 3),
             "argmax_differs_from_float32": round(float((labels != reference).float().mean()), 5)}
-    report = {"model": f"{args.model} architecture, RANDOM weights", "input": f"{args.size}^3",
-              "repeats": args.repeats, "results": results}
+    report = {"model": f"{args.model} architecture, RANDOM weights", "tile": "x".join(map(str, shape)),
+              "repeats": args.repeats, "results": results,
+              "autoorgan_tile_batch": segmenter._predictor.tile_batch}
     print(json.dumps(report, indent=2))
 
 

@@ -353,10 +353,11 @@ def tile_batch_size(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any
     """How many sliding-window tiles one network call should take on ``device``.
 
     On the CPU, a small network on one tile leaves threads idle: measured on 2 cores, the tiny
-    test architecture (64³ patch, 8 first-stage features) took 0.36 s per tile one at a time and
-    0.21 s per tile two at a time, while nnU-Net's default 1.5 mm architecture (160×128×112, 32
-    features) took 18.1 s either way (``benchmarks/network_levers.py``). So small networks get as
-    many tiles per call as there are threads (at most 4), large ones and GPUs one.
+    architecture (64³ patch, 8 first-stage features) took 0.345 s per tile one at a time, 0.180 s
+    two at a time and 0.238 s four at a time, while nnU-Net's default 1.5 mm architecture
+    (160×128×112, 32 features) took 15.8 s and 15.9 s (``benchmarks/network_levers.py --patch``).
+    So small networks get as many tiles per call as there are threads (at most 4), large ones
+    and GPUs one.
     """
     import torch
 
