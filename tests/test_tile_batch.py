@@ -57,7 +57,13 @@ def test_batched_tiles_give_nnunets_logits_and_labels(trained_models: Path, mirr
                                                predictor.dataset_json)
         tiles = predictor._internal_get_sliding_window_slicers(data.shape[1:])
         assert len(tiles) > 3 and len(tiles) % 3 != 0, f"{len(tiles)} tiles"
+        calls: list[int] = []  # tiles per network call
+        hook = predictor.network.register_forward_pre_hook(
+            lambda _m, args, calls=calls: calls.append(args[0].shape[0]))
         logits = predictor.predict_logits_from_preprocessed_data(torch.from_numpy(data)).float()
+        hook.remove()
+        passes = 8 if mirroring else 1  # the network runs once per mirroring combination
+        assert sum(calls) == len(tiles) * passes and max(calls) == batch
         results[batch] = (logits, segmenter.predict(array, spacing))
     (one_logits, one_labels), (three_logits, three_labels) = results[1], results[3]
     # The network's float32 outputs differ by ~1e-4 between batch sizes; nnU-Net sums the

@@ -50,6 +50,13 @@ def normalize_name(name: str) -> str:
     return re.sub(r"[\s\-]+", "_", name.strip()).lower()
 
 
+def value_by_name(labels: Mapping[int, str], name: str) -> int | None:
+    """The value of the structure called ``name`` (forgiving, see :func:`normalize_name`) in a
+    value → name table, or ``None``."""
+    wanted = normalize_name(name)
+    return next((value for value, label in labels.items() if normalize_name(label) == wanted), None)
+
+
 @dataclass(frozen=True)
 class Task:
     """One segmentation model: its nnU-Net identity and its label table.
@@ -99,11 +106,10 @@ class Task:
 
     def label_value(self, structure: str) -> int:
         """Value of a structure given by (forgiving) name; :class:`TaskError` if unknown."""
-        wanted = normalize_name(structure)
-        for value, name in self.labels.items():
-            if normalize_name(name) == wanted:
-                return value
-        raise TaskError(f"task '{self.name}' has no structure '{structure}'")
+        value = value_by_name(self.labels, structure)
+        if value is None:
+            raise TaskError(f"task '{self.name}' has no structure '{structure}'")
+        return value
 
     def with_overrides(self, **overrides: Any) -> Task:
         """A copy with the given model fields replaced (``None`` values are ignored)."""

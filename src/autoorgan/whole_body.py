@@ -32,7 +32,7 @@ from typing import Any
 import numpy as np
 
 from autoorgan.errors import TaskError
-from autoorgan.tasks import Task, normalize_name, parse_label_table
+from autoorgan.tasks import Task, normalize_name, parse_label_table, value_by_name
 
 #: The name of the whole-body table (``autoorgan labels all``, ``predict --task all``).
 ALL = "all"
@@ -52,11 +52,10 @@ class WholeBodyTable:
 
     def value_of(self, name: str) -> int:
         """The whole-body value of a structure (forgiving name); :class:`TaskError` if unknown."""
-        wanted = normalize_name(name)
-        for value, label in self.labels.items():
-            if normalize_name(label) == wanted:
-                return value
-        raise TaskError(f"'{name}' is not in the whole-body label table")
+        value = value_by_name(self.labels, name)
+        if value is None:
+            raise TaskError(f"'{name}' is not in the whole-body label table")
+        return value
 
     def labels_of_tasks(self, tasks: Iterable[str]) -> dict[int, str]:
         """The whole-body labels of the structures of ``tasks``, by value."""
