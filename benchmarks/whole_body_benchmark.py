@@ -357,6 +357,8 @@ def cascade_summary(sidecar: Mapping[str, Any]) -> str:
             parts.append(f"{name} skipped")
         else:
             box = f" on {100 * run['box_fraction']:.0f}% of the image" if "box_fraction" in run else ""
+            if "tiles" in run and "box_fraction" in run:
+                box += f" ({run['tiles']['ran']} of {run['tiles']['whole_image']} tiles)"
             parts.append(f"{name} {run.get('seconds', float('nan')):.1f} s{box}")
     timing = sidecar.get("timing") or {}
     stages = ", ".join(f"{k} {v:.1f} s" for k, v in timing.items())

@@ -1,6 +1,7 @@
-"""Session fixtures of the multi-task tests: real nnU-Net models of the ``skeleton`` and
+"""Session fixtures of the multi-task tests: real nnU-Net models of the ``skeleton``, ``hip`` and
 ``lower_limb`` tasks, trained through ``autoorgan train`` on lower-body crops of synthetic
-phantoms, and a models folder that holds them together with the ``hip`` fixture model.
+phantoms continued upwards by soft tissue (the kind of image the tests predict), in one models
+folder.
 
 Like ``trained_models`` (conftest.py), the models are kept between local sessions when
 ``AUTOORGAN_TEST_MODEL_CACHE`` is set (in its ``whole_body/`` subfolder); CI trains afresh.
@@ -14,6 +15,7 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 import SimpleITK as sitk
 
@@ -23,18 +25,46 @@ from autoorgan.phantom import Phantom, make_phantom
 from autoorgan.tasks import load_registry
 from fixture_model import TINY_PLANS
 
-#: Tasks trained here (the hip fixture model is the second subdivision model).
-WHOLE_BODY_TASKS = ("skeleton", "lower_limb")
+#: Tasks trained here: the skeleton and two subdivision models.
+WHOLE_BODY_TASKS = ("skeleton", "hip", "lower_limb")
 #: Structures around which the "lower body" crop is taken.
 LOWER_BODY = ["hip_left", "hip_right", "sacrum", "femur_left", "femur_right", "vertebrae_L2"]
 TRAINING_SEEDS = tuple(range(300, 306))
-#: A short schedule: the cascade tests compare the same models with and without the cascade.
+#: Soft tissue added above the lower body (mm): the part of the test images without bone, which
+#: makes the cascade's boxes real crops.
+SOFT_TISSUE_ABOVE_MM = 150.0
+#: Short schedules. The skeleton model decides the cascade's boxes and skips, and the hip model is
+#: compared with and without the cascade over the whole image, so both train longer: after 25
+#: epochs the skeleton still named soft tissue "hip", and the hip model named the femurs "hip".
 SCHEDULE = ("--epochs", "25", "--iterations-per-epoch", "25", "--initial-lr", "0.1")
+LONGER = ("--epochs", "100", "--iterations-per-epoch", "25", "--initial-lr", "0.1")
+SCHEDULE_BY_TASK = {"skeleton": LONGER, "hip": LONGER}
 
 
 def lower_body_phantom(seed: int) -> Phantom:
     """The lower body (pelvis, femurs, lumbar spine) of a whole-body phantom, 4×4×5 mm voxels."""
     return make_phantom(seed, spacing=(4.0, 4.0, 5.0)).crop_to(LOWER_BODY, 12.0)
+
+
+def with_soft_tissue_above(image: sitk.Image, mm: float, seed: int, *, labels: bool = False) -> sitk.Image:
+    """``image`` (RAS storage, z growing towards the head) continued ``mm`` upwards.
+
+    A CT continues with its top slice with the bone taken out, plus noise; a label map (``labels``)
+    with background.
+    """
+    array = sitk.GetArrayFromImage(image)  # z, y, x
+    extra = int(np.ceil(mm / image.GetSpacing()[2]))
+    if labels:
+        above = np.zeros((extra, *array.shape[1:]), dtype=array.dtype)
+    else:
+        top = np.where(array[-1] > 100, 40, array[-1]).astype(np.float32)
+        noise = np.random.default_rng(seed).normal(0.0, 12.0, size=(extra, *top.shape))
+        above = np.round(top[None] + noise).astype(array.dtype)
+    taller = sitk.GetImageFromArray(np.concatenate([array, above]))
+    taller.SetSpacing(image.GetSpacing())
+    taller.SetOrigin(image.GetOrigin())
+    taller.SetDirection(image.GetDirection())
+    return taller
 
 
 def without(phantom: Phantom, names: list[str], hu: float = 40.0) -> Phantom:
@@ -47,7 +77,7 @@ def without(phantom: Phantom, names: list[str], hu: float = 40.0) -> Phantom:
 
 
 def train_whole_body_models(base: Path) -> Path:
-    """Train the skeleton and lower-limb models into ``base/models`` (skipping those present)."""
+    """Train the models of :data:`WHOLE_BODY_TASKS` into ``base/models`` (skipping those present)."""
     from typer.testing import CliRunner
 
     from autoorgan.cli import app
@@ -67,11 +97,14 @@ def train_whole_body_models(base: Path) -> Path:
         (data / "labels").mkdir()
         for i, seed in enumerate(TRAINING_SEEDS):
             phantom = lower_body_phantom(seed)
-            sitk.WriteImage(phantom.ct, str(data / "images" / f"lower_{i}.nii.gz"))
-            sitk.WriteImage(phantom.labels_for(task.labels), str(data / "labels" / f"lower_{i}.nii.gz"))
+            ct = with_soft_tissue_above(phantom.ct, SOFT_TISSUE_ABOVE_MM, seed)
+            truth = with_soft_tissue_above(phantom.labels_for(task.labels), SOFT_TISSUE_ABOVE_MM, seed, labels=True)
+            sitk.WriteImage(ct, str(data / "images" / f"lower_{i}.nii.gz"))
+            sitk.WriteImage(truth, str(data / "labels" / f"lower_{i}.nii.gz"))
         result = CliRunner().invoke(app, [
             "train", "--task", name, "--data", str(data), "--models-dir", str(models),
-            "--work-dir", str(base / "work"), "--device", "cpu", *SCHEDULE, "--plans-override", str(plans_override),
+            "--work-dir", str(base / "work"), "--device", "cpu", *SCHEDULE_BY_TASK.get(name, SCHEDULE),
+            "--plans-override", str(plans_override),
             "--augmentation-workers", "0", "--seed", "0", "--quiet",
         ])
         if result.exit_code != 0:
@@ -80,19 +113,8 @@ def train_whole_body_models(base: Path) -> Path:
     return models
 
 
-def combine_models(target: Path, *folders: Path) -> Path:
-    """A models folder of symbolic links to every ``Dataset*`` folder of ``folders``."""
-    target.mkdir(parents=True, exist_ok=True)
-    for folder in folders:
-        for dataset in sorted(folder.glob("Dataset*_*")):
-            link = target / dataset.name
-            if not link.exists():
-                link.symlink_to(dataset.resolve(), target_is_directory=True)
-    return target
-
-
 @pytest.fixture(scope="session")
-def whole_body_models(trained_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+def whole_body_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
     """A models folder with real skeleton, hip and lower_limb models."""
     cache = os.environ.get("AUTOORGAN_TEST_MODEL_CACHE")
     base = Path(cache) / "whole_body" if cache else tmp_path_factory.mktemp("whole_body_models")
@@ -100,7 +122,8 @@ def whole_body_models(trained_models: Path, tmp_path_factory: pytest.TempPathFac
         models = train_whole_body_models(base)
     except RuntimeError as exc:
         pytest.fail(str(exc))
-    yield combine_models(tmp_path_factory.mktemp("combined_models"), models, trained_models)
+    yield models
 
 
-__all__ = ["LOWER_BODY", "lower_body_phantom", "whole_body_models", "without"]
+__all__ = ["LOWER_BODY", "SOFT_TISSUE_ABOVE_MM", "lower_body_phantom", "whole_body_models", "with_soft_tissue_above",
+           "without"]

@@ -19,7 +19,7 @@ from autoorgan.phantom import reorient
 from autoorgan.pipeline import ProgressListener
 from autoorgan.tasks import load_registry
 from autoorgan.whole_body import whole_body_table
-from multitask_fixtures import lower_body_phantom, without
+from multitask_fixtures import SOFT_TISSUE_ABOVE_MM, lower_body_phantom, with_soft_tissue_above, without
 
 pytestmark = pytest.mark.e2e
 runner = CliRunner()
@@ -56,27 +56,11 @@ def _read(path: Path) -> np.ndarray:
     return sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
 
 
-def _with_soft_tissue_above(ct: sitk.Image, mm: float, seed: int) -> sitk.Image:
-    """``ct`` (RAS storage) continued ``mm`` upwards by its top slice with the bone taken out: a
-    taller image whose upper part holds no skeleton class, so that the cascade's boxes (class box
-    plus half a patch) are real crops of it whatever the tiny models make of the lower part."""
-    array = sitk.GetArrayFromImage(ct)  # z, y, x; z grows towards the head
-    rng = np.random.default_rng(seed)
-    top = np.where(array[-1] > 100, 40, array[-1]).astype(np.float32)
-    extra = int(np.ceil(mm / ct.GetSpacing()[2]))
-    above = top[None] + rng.normal(0.0, 12.0, size=(extra, *top.shape))
-    image = sitk.GetImageFromArray(np.concatenate([array, np.round(above).astype(array.dtype)]))
-    image.SetSpacing(ct.GetSpacing())
-    image.SetOrigin(ct.GetOrigin())
-    image.SetDirection(ct.GetDirection())
-    return image
-
-
 @pytest.fixture(scope="module")
 def lower_body_cases(tmp_path_factory: pytest.TempPathFactory) -> Path:
     folder = tmp_path_factory.mktemp("lower_body_in")
     for i, seed in enumerate((410, 411)):
-        ct = _with_soft_tissue_above(lower_body_phantom(seed).ct, 150.0, seed)
+        ct = with_soft_tissue_above(lower_body_phantom(seed).ct, SOFT_TISSUE_ABOVE_MM, seed)
         sitk.WriteImage(ct, str(folder / f"case_{i}.nii.gz"))
     return folder
 
@@ -99,19 +83,21 @@ def test_each_model_is_loaded_once_for_the_batch(cascade_run: tuple[Path, LoadCo
     assert counter.loads[0] == "skeleton"  # the skeleton runs first
 
 
-def test_cascade_agrees_with_whole_image_prediction(whole_body_models: Path, lower_body_cases: Path,
-                                                    cascade_run: tuple[Path, LoadCounter], tmp_path: Path) -> None:
-    """The lower_limb model, trained on images like these, gives the same labels on its crop as on
-    the whole image. The hip model of the suite was trained on tighter pelvis crops and is
-    unstable on these taller images (its whole-image output changes with the context), so for it
-    the test checks the crop itself: a real crop, and nothing labelled outside it."""
-    cascade_out, _ = cascade_run
-    whole_out = tmp_path / "whole"
-    result = runner.invoke(app, ["predict", "--task", "skeleton", "--task", "hip,lower_limb", "--no-cascade",
-                                 "--keep-task-maps", "-i", str(lower_body_cases), "-o", str(whole_out),
-                                 "--models-dir", str(whole_body_models), "--device", "cpu", "--quiet"])
+def _predict(cases: Path, out: Path, models: Path, *options: str) -> None:
+    result = runner.invoke(app, ["predict", "--task", "skeleton", "--task", "hip,lower_limb", *options,
+                                 "--keep-task-maps", "-i", str(cases), "-o", str(out),
+                                 "--models-dir", str(models), "--device", "cpu", "--quiet"])
     assert result.exit_code == 0, result.output
-    compared = 0
+
+
+def test_cascade_runs_fewer_tiles_and_gives_the_whole_images_labels_in_its_box(
+        whole_body_models: Path, lower_body_cases: Path, tmp_path: Path) -> None:
+    """The models' own labels (no repair): each subdivision model (hip, lower_limb) runs only the
+    tiles reaching into its box, and inside the box its labels are the whole image's, voxel for
+    voxel; outside the box it labels nothing."""
+    cascade_out, whole_out = tmp_path / "cascade", tmp_path / "whole"
+    _predict(lower_body_cases, cascade_out, whole_body_models, "--no-postprocess")
+    _predict(lower_body_cases, whole_out, whole_body_models, "--no-postprocess", "--no-cascade")
     for case in ("case_0", "case_1"):
         sidecar = json.loads((cascade_out / f"{case}.json").read_text(encoding="utf-8"))
         runs = sidecar["cascade"]["runs"]
@@ -119,25 +105,44 @@ def test_cascade_agrees_with_whole_image_prediction(whole_body_models: Path, low
         assert runs["skeleton"]["status"] == "ran" and "box" not in runs["skeleton"]
         for name in ("hip", "lower_limb"):
             assert runs[name]["status"] == "ran" and len(runs[name]["box"]) == 3
-            assert runs[name]["box_fraction"] < 0.9  # a real crop of the image
+            assert runs[name]["box_fraction"] < 0.9  # a real part of the image
+            tiles = runs[name]["tiles"]
+            assert tiles["ran"] < tiles["whole_image"], f"{name} ran every tile in {case}"
             cascade_map = _read(cascade_out / case / f"{name}.nii.gz")
+            whole_map = _read(whole_out / case / f"{name}.nii.gz")
             (x0, x1), (y0, y1), (z0, z1) = runs[name]["box"]
+            box = (slice(z0, z1), slice(y0, y1), slice(x0, x1))
+            assert len(np.unique(whole_map[box])) >= 3, f"{name} found too little in {case}"
+            assert np.array_equal(cascade_map[box], whole_map[box]), f"{name} differs inside its box in {case}"
             outside = cascade_map.copy()
-            outside[z0:z1, y0:y1, x0:x1] = 0
+            outside[box] = 0
             assert not outside.any(), f"{name} labelled voxels outside its box in {case}"
-        task = REGISTRY["lower_limb"]
-        cascade_map = _read(cascade_out / case / "lower_limb.nii.gz")
-        whole_map = _read(whole_out / case / "lower_limb.nii.gz")
-        present = [v for v in task.labels if (cascade_map == v).any() or (whole_map == v).any()]
-        assert len(present) >= 2, f"lower_limb found {present} in {case}"
-        scores = dice_per_label(whole_map, cascade_map, {v: task.labels[v] for v in present})
-        for value, score in scores.items():
-            assert score >= 0.99, f"{case} {task.labels[value]}: Dice {score:.4f} cascade vs whole image"
-            compared += 1
         whole_sidecar = json.loads((whole_out / f"{case}.json").read_text(encoding="utf-8"))
         assert whole_sidecar["cascade"]["enabled"] is False
         assert all("box" not in r for r in whole_sidecar["cascade"]["runs"].values())
-    assert compared >= 4
+
+
+def test_cascade_agrees_with_whole_image_prediction(whole_body_models: Path, lower_body_cases: Path,
+                                                    cascade_run: tuple[Path, LoadCounter], tmp_path: Path) -> None:
+    """As users run it (repair on): per subdivision model, Dice >= 0.99 per structure over the whole
+    image between the cascade and every model on the whole image, and the same merged map."""
+    cascade_out, _ = cascade_run
+    whole_out = tmp_path / "whole"
+    _predict(lower_body_cases, whole_out, whole_body_models, "--no-cascade")
+    compared = {"hip": 0, "lower_limb": 0}
+    for case in ("case_0", "case_1"):
+        for name in ("hip", "lower_limb"):
+            task = REGISTRY[name]
+            cascade_map = _read(cascade_out / case / f"{name}.nii.gz")
+            whole_map = _read(whole_out / case / f"{name}.nii.gz")
+            present = [v for v in task.labels if (whole_map == v).any() or (cascade_map == v).any()]
+            assert len(present) >= 2, f"{name} found {present} in {case}"
+            for value, score in dice_per_label(whole_map, cascade_map, {v: task.labels[v] for v in present}).items():
+                assert score >= 0.99, f"{case} {task.labels[value]}: Dice {score:.4f} cascade vs whole image"
+                compared[name] += 1
+        merged, whole_merged = _read(cascade_out / f"{case}.nii.gz"), _read(whole_out / f"{case}.nii.gz")
+        assert np.mean(merged == whole_merged) >= 0.9999
+    assert compared["hip"] >= 4 and compared["lower_limb"] >= 4
 
 
 def test_merged_map_sidecar_and_geometry(cascade_run: tuple[Path, LoadCounter], lower_body_cases: Path) -> None:
@@ -180,15 +185,17 @@ def test_merged_map_sidecar_and_geometry(cascade_run: tuple[Path, LoadCounter], 
 def test_a_subdivision_model_is_skipped_and_not_loaded_when_its_class_is_absent(
         whole_body_models: Path, tmp_path: Path) -> None:
     # Case "a_lumbar": the lumbar spine above pelvis and femurs (no hip, no lower_limb class);
-    # case "b_lower_body": pelvis and femurs. The arms are painted over in both (the fixture's
-    # skeleton model has seen too little of them to name them reliably).
+    # case "b_lower_body": pelvis and femurs. Both continue upwards like the training images. The
+    # arms are painted over in both (the fixture's skeleton model has seen too little of them to
+    # name them reliably).
     phantom = lower_body_phantom(412)
     painted = without(phantom, ["humerus_left", "humerus_right"])
     top = max(int(np.argwhere(phantom.structures[n])[:, 2].max())
               for n in ("hip_left", "hip_right", "femur_left", "femur_right"))
     (tmp_path / "in").mkdir()
-    sitk.WriteImage(painted.ct[:, :, top + 1:], str(tmp_path / "in" / "a_lumbar.nii.gz"))
-    sitk.WriteImage(painted.ct, str(tmp_path / "in" / "b_lower_body.nii.gz"))
+    for name, ct in (("a_lumbar", painted.ct[:, :, top + 1:]), ("b_lower_body", painted.ct)):
+        taller = with_soft_tissue_above(ct, SOFT_TISSUE_ABOVE_MM, 412)
+        sitk.WriteImage(taller, str(tmp_path / "in" / f"{name}.nii.gz"))
     counter = LoadCounter()
     result = api.predict(task=TASKS, input=tmp_path / "in", output=tmp_path / "out",
                          models_dir=whole_body_models, device="cpu", listener=counter, keep_task_maps=True)

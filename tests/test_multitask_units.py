@@ -10,10 +10,9 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autoorgan.cascade import class_box, crop_volume, half_patch_mm, margin_voxels
+from autoorgan.cascade import class_box, half_patch_mm, margin_voxels
 from autoorgan.cli import _forwarded_predict_args, app
 from autoorgan.errors import InputError, TaskError
-from autoorgan.io.image import Geometry, Volume, image_from_array
 from autoorgan.io.orientation import plan_reorientation
 from autoorgan.multitask import (
     is_multi_task,
@@ -146,22 +145,6 @@ def test_half_patch_is_read_from_the_plans(tmp_path: Path) -> None:
     (tmp_path / "plans.json").write_text(json.dumps(plans), encoding="utf-8")
     assert half_patch_mm(tmp_path, "3d_fullres") == (40.0, 48.0, 64.0)
     assert half_patch_mm(tmp_path, "3d_lowres") == (80.0, 96.0, 128.0)
-
-
-def test_crop_keeps_the_world_position_of_every_voxel() -> None:
-    direction = (0.0, 0.0, -1.0, 1.0, 0.0, 0.0, 0.0, -1.0, 0.0)
-    geometry = Geometry(size=(6, 7, 8), spacing=(1.5, 2.0, 3.0), origin=(10.0, -5.0, 7.0), direction=direction)
-    array = np.arange(6 * 7 * 8, dtype=np.int16).reshape(6, 7, 8)
-    volume = Volume(array=array, geometry=geometry)
-    box = (slice(2, 5), slice(1, 7), slice(3, 4))
-    cropped = crop_volume(volume, box)
-    full = image_from_array(array, geometry)
-    part = image_from_array(cropped.array, cropped.geometry)
-    expected = full[2:5, 1:7, 3:4]  # SimpleITK's slicing keeps the physical position
-    assert part.GetSize() == expected.GetSize() == (3, 6, 1)
-    assert np.allclose(part.GetOrigin(), expected.GetOrigin())
-    assert part.GetDirection() == expected.GetDirection() and part.GetSpacing() == expected.GetSpacing()
-    assert np.array_equal(cropped.array, array[box])
 
 
 # --- --task parsing ---------------------------------------------------------------------------

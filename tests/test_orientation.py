@@ -47,6 +47,16 @@ def test_matches_itk_dicomorient_and_round_trips(codes: str) -> None:
     assert np.array_equal(plan.to_source(plan.to_target(arr)), arr)
 
 
+@pytest.mark.parametrize("codes", ALL_CODES)
+def test_a_box_maps_to_the_same_voxels_in_the_target_orientation(codes: str) -> None:
+    img = _image("LPS")
+    plan = plan_reorientation(np.asarray(img.GetDirection()).reshape(3, 3), codes)
+    arr = sitk.GetArrayFromImage(img).transpose(2, 1, 0)
+    box = (slice(1, 4), slice(0, 2), slice(3, 7))
+    target = plan.box_to_target(box, arr.shape)
+    assert np.array_equal(plan.to_target(arr)[target], plan.to_target(arr[box]))
+
+
 @pytest.mark.parametrize("codes", ["RAS", "LPS", "PIR", "ASL", "IPL"])
 def test_any_storage_reaches_the_model_orientation_with_same_voxels_in_world(codes: str) -> None:
     """Stored in any order, the array the model sees is the same."""

@@ -9,7 +9,13 @@ import torch
 
 from autoorgan.body import body_box, box_fraction
 from autoorgan.errors import InputError
-from autoorgan.fast_export import export_labels, logits_to_labels, sample_positions
+from autoorgan.fast_export import (
+    export_labels,
+    logits_to_labels,
+    region_source_box,
+    sample_positions,
+    source_box,
+)
 from autoorgan.speed import FAST_STEP, resolve_speed
 
 
@@ -83,6 +89,50 @@ def test_export_undoes_crop_and_transpose() -> None:
     expected = np.zeros((5, 4, 7), dtype=np.uint8)
     expected[2:4, :, 4:7] = 1
     assert np.array_equal(labels, expected.transpose(2, 1, 0))
+
+
+@pytest.mark.parametrize(("in_shape", "out_shape", "nearest_axis"), [
+    ((20, 30, 26), (41, 57, 49), None),    # upsampling
+    ((40, 36, 30), (20, 25, 17), None),    # downsampling
+    ((12, 30, 30), (7, 52, 44), 0),        # nearest along axis 0
+    ((16, 20, 24), (16, 33, 24), None),    # axes 0 and 2 not resampled
+])
+def test_a_region_exports_exactly_as_in_the_whole_grid(in_shape: tuple[int, int, int], out_shape: tuple[int, int, int],
+                                                       nearest_axis: int | None) -> None:
+    """Given only the logits :func:`source_box` names, an output box gets the whole export's labels."""
+    logits = _random_logits(in_shape, seed=3)
+    whole = logits_to_labels(logits, out_shape, nearest_axis)
+    rng = np.random.default_rng(4)
+    for _ in range(6):
+        starts = [int(rng.integers(0, n - 1)) for n in out_shape]
+        out_box = tuple(slice(s, int(rng.integers(s + 1, n + 1))) for s, n in zip(starts, out_shape, strict=True))
+        need = source_box(in_shape, out_shape, out_box, nearest_axis)
+        part = logits[(slice(None), *need)].clone()
+        ours = logits_to_labels(part, out_shape, nearest_axis, in_shape=in_shape,
+                                in_start=[s.start for s in need], out_box=out_box, slab_voxels=2_000)
+        assert np.array_equal(ours, whole[out_box])
+        if any(s.start > 0 for s in need):  # a logit the box does not need is not read
+            with pytest.raises(ValueError, match="do not hold"):
+                shifted = [s.start + 1 if s.start > 0 else s.start for s in need]
+                logits_to_labels(part, out_shape, nearest_axis, in_shape=in_shape, in_start=shifted, out_box=out_box)
+
+
+def test_export_of_a_region_leaves_the_rest_background() -> None:
+    logits = _random_logits((6, 8, 10), classes=3, seed=5)
+    properties = {"shape_before_cropping": (9, 8, 14), "bbox_used_for_cropping": [[1, 7], [0, 8], [2, 12]],
+                  "shape_after_cropping_and_before_resampling": (6, 8, 10)}
+    whole = export_labels(logits, properties, transpose_backward=(2, 1, 0), nearest_axis=None)
+    region = (slice(0, 5), slice(2, 6), slice(4, 14))  # reaches outside the crop on two axes
+    need = region_source_box(region, properties, (6, 8, 10), None)
+    assert need is not None
+    part = logits[(slice(None), *need)]
+    labels = export_labels(part, properties, transpose_backward=(2, 1, 0), nearest_axis=None,
+                           working_shape=(6, 8, 10), logits_start=[s.start for s in need], region=region)
+    expected = np.zeros_like(whole)
+    inside = tuple(region[i] for i in (2, 1, 0))
+    expected[inside] = whole[inside]
+    assert whole[inside].any() and np.array_equal(labels, expected)
+    assert region_source_box((slice(7, 9), slice(0, 8), slice(0, 14)), properties, (6, 8, 10), None) is None
 
 
 def test_body_box_finds_the_largest_body_with_margin() -> None:

@@ -1,8 +1,9 @@
 """The patient's body in a CT: its bounding box, so that prediction can skip the air around it.
 
 A CT's field of view is often mostly air (and the table). The sliding window of nnU-Net visits
-every tile of it all the same; cropping the image to the body first (``--crop-body``) skips
-those tiles, and the label map is pasted back into a background-filled array of the full size.
+every tile of it all the same; with ``--crop-body`` only the tiles that reach into the body's box
+run (:meth:`autoorgan.engine.Segmenter.predict` with the box as its region), so inside the box
+the labels are the whole image's and outside it background.
 """
 
 from __future__ import annotations

@@ -2,17 +2,20 @@
 
 When the skeleton task is among a run's tasks, its model runs first on the whole image. Each
 requested subdivision task (the skeleton table's ``subdivisions``: vertebrae, ribs, upper_limb,
-hip, lower_limb) then runs only on the bounding box of its coarse skeleton class plus a margin,
-and is skipped (its model not even loaded) when the skeleton found no voxel of that class.
-Organs (and every task when the skeleton is not requested, or with ``--no-cascade``) run on the
-whole image. The crop is a slice of the volume's own index grid, so pasting the prediction back
-is exact: no resampling, the output keeps the input's grid.
+hip, lower_limb) then runs only on the region of interest — the bounding box of its coarse
+skeleton class plus a margin — and is skipped (its model not even loaded) when the skeleton
+found no voxel of that class. Organs (and every task when the skeleton is not requested, or
+with ``--no-cascade``) run on the whole image.
+
+Running "on the ROI" means: of nnU-Net's sliding-window tiles over the whole image, only those
+that reach into the ROI run, and only the ROI is exported (:meth:`autoorgan.engine.Segmenter.predict`).
+Inside the ROI every voxel sees the same tiles, Gaussian weights and sums as in the whole-image
+prediction, so the cascade's labels there are the whole image's, whatever the model; outside it
+the task's map is background. Nothing is resampled by autoorgan; the output keeps the input's grid.
 
 The margin is, per image axis, the larger of half the subdivision model's patch (in its working
 grid, converted to mm) and :data:`DEFAULT_MARGIN_FLOOR_MM`; ``--cascade-margin MM`` replaces it.
-Half a patch of context means every structure voxel sees, in the crop, the surroundings the
-sliding window of the whole image would give it, so the crop's prediction matches the whole
-image's.
+It catches the parts of a structure that the coarse skeleton map missed.
 """
 
 from __future__ import annotations
@@ -115,17 +118,6 @@ def class_box(labels: np.ndarray, value: int, margin: Sequence[int]) -> Box | No
         box.append(slice(max(int(hits[0]) - int(margin[axis]), 0),
                          min(int(hits[-1]) + int(margin[axis]) + 1, labels.shape[axis])))
     return (box[0], box[1], box[2])
-
-
-def crop_volume(volume: Volume, box: Box) -> Volume:
-    """The part of ``volume`` inside ``box`` with its exact grid (origin moved to the box's corner)."""
-    geometry = volume.geometry
-    start = np.array([s.start for s in box], dtype=float)
-    origin = np.asarray(geometry.origin) + geometry.direction_matrix @ (start * np.asarray(geometry.spacing))
-    array = volume.array[box]
-    cropped = Geometry(size=(int(array.shape[0]), int(array.shape[1]), int(array.shape[2])), spacing=geometry.spacing,
-                       origin=(float(origin[0]), float(origin[1]), float(origin[2])), direction=geometry.direction)
-    return Volume(array=array, geometry=cropped)
 
 
 @dataclass(frozen=True)
@@ -237,11 +229,7 @@ class MultiTaskSegmenter:
                     continue
             predictor = self._predictor(model, case_id, listener)
             listener.case_stage(case_id, f"predicting {name}")
-            if box is None:
-                labels = segment_volume(volume, task, predictor)
-            else:
-                labels = np.zeros(volume.array.shape, dtype=label_dtype(task.max_label))
-                labels[box] = segment_volume(crop_volume(volume, box), task, predictor)
+            labels = segment_volume(volume, task, predictor, roi=box)
             if name in self.options.repair:
                 listener.case_stage(case_id, f"repairing {name}")
                 vertebrae = self._by_name.get("vertebrae")
@@ -256,6 +244,9 @@ class MultiTaskSegmenter:
                 runs[name]["box"] = [[s.start, s.stop] for s in box]
                 runs[name]["box_fraction"] = round(float(np.prod([s.stop - s.start for s in box]))
                                                    / float(volume.array.size), 4)
+            tiles = getattr(predictor, "last_tiles", None)
+            if tiles:
+                runs[name]["tiles"] = {"ran": int(tiles[0]), "whole_image": int(tiles[1])}
         unified = {name: to_whole_body(labels, self._by_name[name].lut) for name, labels in task_maps.items()}
         if unified:
             merged = merge_task_maps(unified, coarse_value=self.coarse_values())

@@ -145,9 +145,10 @@ def predict(
                                        "(measured Dice against the default in the README).")] = False,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time mirroring (default on, off "
                                              "with --fast).", show_default=False)] = None,
-    crop_body: Annotated[bool | None, typer.Option("--crop-body/--no-crop-body", help="Predict only the "
-                                                   "body's bounding box, skipping the air around it (default "
-                                                   "off, on with --fast).", show_default=False)] = None,
+    crop_body: Annotated[bool | None, typer.Option("--crop-body/--no-crop-body", help="Run only the tiles "
+                                                   "that reach into the body's bounding box, skipping the air "
+                                                   "around it; inside the box the labels are the whole image's "
+                                                   "(default off, on with --fast).", show_default=False)] = None,
     export: Annotated[str, typer.Option("--export", help="torch (streamed: nnU-Net's labels in less time and "
                                         "memory) or nnunet (nnU-Net's own export).")] = "torch",
     trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Load a model checkpoint even if "

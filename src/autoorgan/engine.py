@@ -19,7 +19,7 @@ import json
 import logging
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from importlib import metadata
 from pathlib import Path
@@ -184,8 +184,9 @@ class Segmenter:
         own ``convert_predicted_logits_to_segmentation_with_correct_shape``. Models whose plans
         use another probability resampling always use nnU-Net's.
     crop_body:
-        Predict only the bounding box of the body (:func:`autoorgan.body.body_box`); the rest is
-        background.
+        Predict only the bounding box of the body (:func:`autoorgan.body.body_box`), as a region
+        of :meth:`predict`: the tiles over the air around it are skipped, inside it the labels
+        are the whole image's, outside it background.
     tile_batch:
         Sliding-window tiles per network call on the CPU (``None``: :func:`tile_batch_size`
         decides). Only how the tiles are grouped changes, not what is computed.
@@ -240,6 +241,8 @@ class Segmenter:
         self.crop_body = crop_body
         #: Seconds per stage of the last :meth:`predict` (``preprocess``, ``network``, ``export``).
         self.last_timing: dict[str, float] = {}
+        #: Sliding-window tiles the last :meth:`predict` ran, and how many cover the whole image.
+        self.last_tiles: tuple[int, int] = (0, 0)
         log.debug("loaded %s fold %s on %s (export: %s)", self.model_folder, fold, device, self.export)
 
     @property
@@ -250,11 +253,17 @@ class Segmenter:
     def patch_size(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self._predictor.configuration_manager.patch_size)
 
-    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                roi: tuple[slice, slice, slice] | None = None) -> np.ndarray:
         """Label map (same shape as ``array_zyx``) for one single-channel image.
 
         ``array_zyx`` is indexed the way nnU-Net's SimpleITK reader gives arrays (z, y, x), with
         ``spacing_zyx`` in the same order.
+
+        ``roi`` (a box of ``array_zyx``) asks for that region only: the image is preprocessed
+        whole, and of nnU-Net's sliding-window tiles over the whole image only those that
+        contribute to the region's voxels are run. Inside ``roi`` the labels are therefore the
+        whole-image prediction's, tile for tile; outside it they are background.
         """
         target = [float(t) for t in self._predictor.configuration_manager.spacing]
         extent = [n * float(sp) for n, sp in zip(array_zyx.shape, spacing_zyx, strict=True)]
@@ -263,33 +272,34 @@ class Segmenter:
                 f"image extent {' x '.join(f'{e:.1f}' for e in extent)} mm is smaller than one voxel of the "
                 f"model's working grid ({' x '.join(f'{t:.2f}' for t in target)} mm)"
             )
-        box = self._body_box(array_zyx, spacing_zyx, target) if self.crop_body else None
-        if box is None:
-            return self._predict_region(array_zyx, spacing_zyx)
-        labels = self._predict_region(array_zyx[box], spacing_zyx)
-        full = np.zeros(array_zyx.shape, dtype=labels.dtype)
-        full[box] = labels
-        return full
+        box = self._body_box(array_zyx, spacing_zyx) if self.crop_body else None
+        if box is not None:  # the body's box is a region too: tiles over the air around it are skipped
+            if roi is not None:
+                box = tuple(slice(max(r.start, b.start), max(min(r.stop, b.stop), max(r.start, b.start)))
+                            for r, b in zip(roi, box, strict=True))
+            roi = (box[0], box[1], box[2])
+        if roi is not None and any(s.stop <= s.start for s in roi):
+            return np.zeros(array_zyx.shape, dtype=np.uint8)
+        return self._predict_region(array_zyx, spacing_zyx, roi)
 
     @staticmethod
-    def _body_box(array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
-                  target: list[float]) -> tuple[slice, ...] | None:
-        """The body's box when cropping to it saves work (else ``None``: predict everything)."""
+    def _body_box(array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> tuple[slice, ...] | None:
+        """The body's box when restricting the prediction to it saves work (else ``None``)."""
         from autoorgan.body import body_box, box_fraction
 
         box = body_box(array_zyx, spacing_zyx)
         if box is None or box_fraction(box, array_zyx.shape) > 0.95:
             return None
-        if any((s.stop - s.start) * sp < t for s, sp, t in zip(box, spacing_zyx, target, strict=True)):
-            return None
         log.debug("body box %s covers %.0f%% of the image", box, 100 * box_fraction(box, array_zyx.shape))
         return box
 
-    def _predict_region(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray:
+    def _predict_region(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                        roi: tuple[slice, ...] | None = None) -> np.ndarray:
         """nnU-Net's ``predict_single_npy_array`` step by step — preprocess, network, export — timed.
 
         The steps are nnU-Net's own (``run_case_npy``, ``predict_logits_from_preprocessed_data``);
-        only the export may be the streamed torch one (see :mod:`autoorgan.fast_export`).
+        only the export may be the streamed torch one (see :mod:`autoorgan.fast_export`). With
+        ``roi`` only the tiles the region's export reads are run (see :meth:`predict`).
         """
         import time
 
@@ -306,42 +316,87 @@ class Segmenter:
             tensor = torch.from_numpy(data)
             del data
             preprocessed = time.perf_counter()
-            logits = predictor.predict_logits_from_preprocessed_data(tensor).cpu()
+            working_shape = tuple(int(n) for n in tensor.shape[1:])
+            region = None if roi is None else tuple(roi[i] for i in predictor.plans_manager.transpose_forward)
+            if region is None:
+                logits = predictor.predict_logits_from_preprocessed_data(tensor).cpu()
+                corner = None
+                self.last_tiles = predictor.last_tiles
+            else:
+                needed = self._region_source(region, properties, working_shape)
+                if needed is None:  # the region holds only what nnU-Net cropped away as empty
+                    self.last_tiles = (0, 0)
+                    self.last_timing = {"preprocess": preprocessed - start, "network": 0.0, "export": 0.0}
+                    return np.zeros(array_zyx.shape, dtype=np.uint8)
+                logits, corner = predictor.predict_logits_for_region(tensor, needed)
+                logits = logits.cpu()
+                self.last_tiles = predictor.last_tiles
             del tensor
             predicted = time.perf_counter()
-            seg = self._export(logits, properties)
+            seg = self._export(logits, properties, working_shape=working_shape, corner=corner, region=region)
             del logits
         done = time.perf_counter()
         self.last_timing = {"preprocess": preprocessed - start, "network": predicted - preprocessed,
                             "export": done - predicted}
-        log.debug("preprocess %.2f s, network %.2f s, export (%s) %.2f s", preprocessed - start,
-                  predicted - preprocessed, self.export, done - predicted)
+        log.debug("preprocess %.2f s, network %.2f s (%d of %d tiles), export (%s) %.2f s", preprocessed - start,
+                  predicted - preprocessed, *self.last_tiles, self.export, done - predicted)
         return np.asarray(seg)
 
-    def _export(self, logits: Any, properties: dict[str, Any]) -> np.ndarray:
-        """Logits on the network's grid → label map on the input's grid (nnU-Net's or the torch export)."""
-        predictor = self._predictor
-        if self.export == "nnunet":
-            from nnunetv2.inference.export_prediction import (
-                convert_predicted_logits_to_segmentation_with_correct_shape,
-            )
-
-            return convert_predicted_logits_to_segmentation_with_correct_shape(
-                logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
+    def _nearest_axis(self, properties: dict[str, Any]) -> int | None:
+        """The working-grid axis nnU-Net's default export resamples by nearest neighbour (anisotropic
+        images), or ``None``."""
         from nnunetv2.preprocessing.resampling.default_resampling import determine_do_sep_z_and_axis
 
-        from autoorgan.fast_export import export_labels
-
+        predictor = self._predictor
         configuration = predictor.configuration_manager
         kwargs = configuration.configuration.get("resampling_fn_probabilities_kwargs", {})
         forward = predictor.plans_manager.transpose_forward
         separate_z, axis = determine_do_sep_z_and_axis(
             kwargs.get("force_separate_z"), configuration.spacing, [properties["spacing"][i] for i in forward],
             *(() if "separate_z_anisotropy_threshold" not in kwargs else (kwargs["separate_z_anisotropy_threshold"],)))
-        foreground = len(predictor.label_manager.foreground_labels)
+        return int(axis) if separate_z else None
+
+    def _region_source(self, region: tuple[slice, ...], properties: dict[str, Any],
+                       working_shape: tuple[int, ...]) -> tuple[slice, ...] | None:
+        """The working-grid box whose logits the export of ``region`` reads (``None``: nothing to
+        predict). nnU-Net's own export may read any logit, so with it every tile runs."""
+        from autoorgan.fast_export import cropped_region, region_source_box
+
+        if self.export == "torch":
+            return region_source_box(region, properties, working_shape, self._nearest_axis(properties))
+        crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
+        shape = properties["shape_after_cropping_and_before_resampling"]
+        if any(s.stop <= s.start for s in cropped_region(region, crop, shape)):
+            return None
+        return tuple(slice(0, n) for n in working_shape)
+
+    def _export(self, logits: Any, properties: dict[str, Any], *, working_shape: tuple[int, ...],
+                corner: tuple[int, ...] | None = None, region: tuple[slice, ...] | None = None) -> np.ndarray:
+        """Logits on the network's grid → label map on the input's grid (nnU-Net's or the torch export).
+
+        ``logits`` hold the working grid from ``corner`` on (default: all of it); with ``region``
+        only that box of the (transposed) input grid is exported, the rest is background.
+        """
+        predictor = self._predictor
+        dtype = np.uint8 if len(predictor.label_manager.foreground_labels) < 255 else np.uint16
+        if self.export == "nnunet":
+            from nnunetv2.inference.export_prediction import (
+                convert_predicted_logits_to_segmentation_with_correct_shape,
+            )
+
+            seg = convert_predicted_logits_to_segmentation_with_correct_shape(
+                logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
+            if region is not None:  # logits hold the whole grid here (see _region_source)
+                keep = np.zeros(np.shape(seg), dtype=bool)
+                backward = predictor.plans_manager.transpose_backward
+                keep[tuple(region[i] for i in backward)] = True
+                seg = np.where(keep, seg, 0).astype(dtype)
+            return np.asarray(seg)
+        from autoorgan.fast_export import export_labels
+
         return export_labels(logits, properties, transpose_backward=predictor.plans_manager.transpose_backward,
-                             nearest_axis=int(axis) if separate_z else None,
-                             label_dtype=np.uint8 if foreground < 255 else np.uint16)
+                             nearest_axis=self._nearest_axis(properties), label_dtype=dtype,
+                             working_shape=working_shape, logits_start=corner, region=region)
 
 
 #: Above this many first-stage activations per tile (patch voxels × first-stage features) one
@@ -374,47 +429,125 @@ _BATCHED_PREDICTOR: type | None = None
 
 
 def _batched_predictor_class() -> type:
-    """``nnUNetPredictor`` whose CPU sliding window sends :attr:`tile_batch` tiles per network call.
+    """``nnUNetPredictor`` that can run part of a sliding window, and whose CPU sliding window
+    sends :attr:`tile_batch` tiles per network call.
 
     Everything else is nnU-Net's: padding, the tiles (``_internal_get_sliding_window_slicers``),
     mirroring (``_internal_maybe_mirror_and_predict``, which works on a batch), the Gaussian
     weights and the half-precision sums in the same tile order. With ``tile_batch`` 1, or on a
-    GPU, nnU-Net's own loop runs.
+    GPU, nnU-Net's own loop runs for the whole image.
     """
     global _BATCHED_PREDICTOR
     if _BATCHED_PREDICTOR is not None:
         return _BATCHED_PREDICTOR
     import torch
+    from acvl_utils.cropping_and_padding.padding import pad_nd_image
+    from nnunetv2.configuration import default_num_processes
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
+    from nnunetv2.utilities.helpers import dummy_context, empty_cache
 
     class BatchedTilePredictor(nnUNetPredictor):  # type: ignore[misc]
         tile_batch: int = 1
+        #: Tiles run by the last prediction, and tiles of the whole image.
+        last_tiles: tuple[int, int] = (0, 0)
+
+        def _accumulate(self, data: Any, slicers: Any, corner: Sequence[int], shape: Sequence[int],
+                        device: Any, batch: int) -> tuple[Any, Any]:
+            """Gaussian-weighted sums of the tiles' logits and of the weights over the box of the
+            (padded) image that starts at ``corner`` and has ``shape``, tiles in the given order."""
+            predicted = torch.zeros((self.label_manager.num_segmentation_heads, *shape), dtype=torch.half,
+                                    device=device)
+            counts = torch.zeros(tuple(shape), dtype=torch.half, device=device)
+            gaussian = (compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1.0 / 8,
+                                         value_scaling_factor=10, device=device)
+                        if self.use_gaussian else 1)
+            for start in range(0, len(slicers), batch):
+                group = slicers[start:start + batch]
+                tiles = torch.stack([data[sl] for sl in group]).to(self.device)
+                predictions = self._internal_maybe_mirror_and_predict(tiles).to(device)
+                for prediction, sl in zip(predictions, group, strict=True):
+                    if self.use_gaussian:
+                        prediction *= gaussian
+                    local = tuple(slice(s.start - c, s.stop - c) for s, c in zip(sl[1:], corner, strict=True))
+                    predicted[(slice(None), *local)] += prediction
+                    counts[local] += gaussian
+            return predicted, counts
 
         @torch.inference_mode()
         def _internal_predict_sliding_window_return_logits(self, data: Any, slicers: Any,
                                                            do_on_device: bool = True) -> Any:
+            self.last_tiles = (len(slicers), len(slicers))
             if self.tile_batch <= 1 or self.device.type != "cpu":
                 return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
-            predicted = torch.zeros((self.label_manager.num_segmentation_heads, *data.shape[1:]),
-                                    dtype=torch.half)
-            counts = torch.zeros(data.shape[1:], dtype=torch.half)
-            gaussian = (compute_gaussian(tuple(self.configuration_manager.patch_size), sigma_scale=1.0 / 8,
-                                         value_scaling_factor=10, device=torch.device("cpu"))
-                        if self.use_gaussian else 1)
-            for start in range(0, len(slicers), self.tile_batch):
-                group = slicers[start:start + self.tile_batch]
-                tiles = torch.stack([data[sl] for sl in group])
-                predictions = self._internal_maybe_mirror_and_predict(tiles)
-                for prediction, sl in zip(predictions, group, strict=True):
-                    if self.use_gaussian:
-                        prediction *= gaussian
-                    predicted[sl] += prediction
-                    counts[sl[1:]] += gaussian
+            predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
+                                                 torch.device("cpu"), self.tile_batch)
             torch.div(predicted, counts, out=predicted)
             if torch.any(torch.isinf(predicted)):
                 raise RuntimeError("infinite values in the predicted logits")
             return predicted
+
+        @torch.inference_mode()
+        def predict_logits_for_region(self, data: Any, region: Sequence[slice]) -> tuple[Any, tuple[int, ...]]:
+            """Logits of the preprocessed ``data`` that are exact inside ``region`` (a box of its grid).
+
+            nnU-Net's ``predict_logits_from_preprocessed_data`` restricted to the sliding-window
+            tiles of the whole image that overlap ``region`` (with the other tiles of their
+            :attr:`tile_batch` group): every voxel of the region gets the same tiles, weights and
+            summation order as in the whole-image prediction. Returns the logits over the union
+            box of those tiles (clipped to ``data``) and that box's corner.
+            """
+            n_threads = torch.get_num_threads()
+            torch.set_num_threads(min(default_num_processes, n_threads))
+            self.network = self.network.to(self.device)
+            self.network.eval()
+            results_device = self.device if self.perform_everything_on_device else torch.device("cpu")
+            try:
+                total = None
+                for params in self.list_of_parameters:
+                    if len(self.list_of_parameters) > 1:
+                        self.network.load_state_dict(params)
+                    empty_cache(self.device)
+                    with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" \
+                            else dummy_context():
+                        padded, unpad = pad_nd_image(data, self.configuration_manager.patch_size, "constant",
+                                                     {"value": 0}, True, None)
+                        offset = [s.start for s in unpad[1:]]
+                        every = self._internal_get_sliding_window_slicers(padded.shape[1:])
+                        wanted = [(r.start + o, r.stop + o) for r, o in zip(region, offset, strict=True)]
+                        batch = max(1, self.tile_batch) if self.device.type == "cpu" else 1
+                        # Whole groups of the whole image's tile groups, so that every tile is
+                        # computed in the same batch as there (bit for bit the same logits).
+                        groups = [every[i:i + batch] for i in range(0, len(every), batch)]
+                        slicers = [sl for group in groups
+                                   if any(all(s.start < hi and s.stop > lo
+                                              for s, (lo, hi) in zip(sl[1:], wanted, strict=True)) for sl in group)
+                                   for sl in group]
+                        self.last_tiles = (len(slicers), len(every))
+                        lows = [min(sl[1 + a].start for sl in slicers) for a in range(len(wanted))]
+                        highs = [max(sl[1 + a].stop for sl in slicers) for a in range(len(wanted))]
+                        # Union-box voxels no chosen tile covers stay 0 (never read by the export).
+                        predicted, counts = self._accumulate(padded, slicers, lows,
+                                                             [h - lo for h, lo in zip(highs, lows, strict=True)],
+                                                             results_device, batch)
+                        counts[counts == 0] = 1
+                        torch.div(predicted, counts, out=predicted)
+                        if torch.any(torch.isinf(predicted)):
+                            raise RuntimeError("infinite values in the predicted logits")
+                        # Back to the unpadded grid: keep the union box's part inside the image.
+                        keep = [(max(lo, o), min(hi, o + n)) for lo, hi, o, n
+                                in zip(lows, highs, offset, data.shape[1:], strict=True)]
+                        part = predicted[(slice(None), *(slice(a - lo, b - lo) for (a, b), lo
+                                                         in zip(keep, lows, strict=True)))].to("cpu")
+                        del predicted, counts
+                    total = part if total is None else total + part
+                corner = tuple(a - o for (a, _), o in zip(keep, offset, strict=True))
+                if len(self.list_of_parameters) > 1:
+                    total /= len(self.list_of_parameters)
+                return total, corner
+            finally:
+                empty_cache(self.device)
+                torch.set_num_threads(n_threads)
 
     _BATCHED_PREDICTOR = BatchedTilePredictor
     return BatchedTilePredictor

@@ -35,7 +35,8 @@ Status = Literal["done", "skipped", "failed"]
 class Predictor(Protocol):
     """What the pipeline needs of a loaded model (see :class:`autoorgan.engine.Segmenter`)."""
 
-    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float]) -> np.ndarray: ...
+    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                roi: tuple[slice, slice, slice] | None = None) -> np.ndarray: ...
 
 
 @dataclass(frozen=True)
@@ -175,17 +176,25 @@ def intensity_warnings(array: np.ndarray) -> list[str]:
     return warnings
 
 
-def segment_volume(volume: Volume, task: Task, predictor: Predictor) -> np.ndarray:
+def segment_volume(volume: Volume, task: Task, predictor: Predictor,
+                   roi: tuple[slice, slice, slice] | None = None) -> np.ndarray:
     """Label map of ``volume`` on its own grid (``[x, y, z]``, the volume's shape).
 
     The CT is permuted/flipped into the orientation the task's model was trained in, predicted,
     and the prediction is brought back with the exact inverse permutation — no resampling of
-    the CT or of the labels by autoorgan.
+    the CT or of the labels by autoorgan. ``roi`` (a box of the volume's array) limits the
+    prediction to that region, exactly as the whole image's prediction there (see
+    :meth:`autoorgan.engine.Segmenter.predict`); the rest is background.
     """
     reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
     oriented = reorientation.to_target(prepare_intensities(volume.array))
     spacing = reorientation.spacing(volume.geometry.spacing)
-    prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]))
+    if roi is None:
+        prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]))
+    else:
+        box = reorientation.box_to_target(roi, volume.array.shape)
+        prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]),
+                                           roi=(box[2], box[1], box[0]))
     labels = reorientation.to_source(np.asarray(prediction_zyx).transpose(2, 1, 0))
     if labels.shape != volume.array.shape:
         raise CaseError(f"prediction shape {labels.shape} differs from the image {volume.array.shape}")

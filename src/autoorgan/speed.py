@@ -4,7 +4,8 @@ The default reproduces ``nnUNetv2_predict`` (mirroring on, tile step 0.5) label 
 only change is the streamed torch export (:mod:`autoorgan.fast_export`), which gives the same
 labels in less time and memory. ``--fast`` trades a little agreement for much less work: no
 mirroring (one network pass per tile instead of up to eight), a larger tile step and the body
-crop (:mod:`autoorgan.body`). The README quotes its measured Dice against the default.
+crop (:mod:`autoorgan.body`; alone it changes nothing inside the body's box, only skips the
+tiles over air). The README quotes its measured Dice against the default.
 """
 
 from __future__ import annotations

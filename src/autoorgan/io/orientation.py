@@ -66,6 +66,18 @@ class Reorientation:
             return array_xyz
         return orientations.apply_orientation(array_xyz, self.forward)
 
+    def box_to_target(self, box: tuple[slice, slice, slice],
+                      shape: tuple[int, int, int]) -> tuple[slice, slice, slice]:
+        """The same voxels as ``box`` (slices of a stored array of ``shape``) in the target orientation.
+
+        Slices must have explicit, non-negative ``start`` and ``stop``.
+        """
+        target: list[slice] = [slice(0, 0)] * 3
+        for src_axis, (dst_axis, flip) in enumerate(self.forward):
+            start, stop, n = int(box[src_axis].start), int(box[src_axis].stop), int(shape[src_axis])
+            target[int(dst_axis)] = slice(start, stop) if flip > 0 else slice(n - stop, n - start)
+        return (target[0], target[1], target[2])
+
     def to_source(self, array_target: np.ndarray) -> np.ndarray:
         """Exact inverse of :meth:`to_target`."""
         if self.is_identity:
