@@ -1,5 +1,5 @@
-"""The network stage alone on CPU: float32 against bfloat16 autocast, torch thread counts, and
-several tiles per network call.
+"""The network stage alone on CPU: float32 against bfloat16 autocast, torch thread counts,
+several tiles per network call, and the channels-last memory layout.
 
     python benchmarks/network_levers.py --work /tmp/compare [--model default|tiny] [--size 64] [--repeats 3]
     python benchmarks/network_levers.py --work /tmp/compare --model default --patch --repeats 1
@@ -7,7 +7,8 @@ several tiles per network call.
 Times forward passes of the benchmark model's network (RANDOM weights, bench_models.py) on
 ``size``³ tiles (``--patch``: the model's own patch) for each setting — median seconds *per
 tile* over ``repeats`` — and the share of voxels whose argmax differs from float32 one tile at a
-time. These are the levers "half precision on CPU", "thread settings" and "tiles per call"; the
+time. These are the levers "half precision on CPU", "thread settings", "tiles per call" and
+"memory layout" (``--channels-last``: network and tiles in ``torch.channels_last_3d``); the
 result decides whether autoorgan uses them (see the README's "Speed and memory" and
 ``engine.tile_batch_size``).
 """
@@ -40,6 +41,7 @@ def main() -> None:
     parser.add_argument("--batches", default="1,2,4", help="tiles per call to time (float32, all threads)")
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting first")
     parser.add_argument("--no-bf16", action="store_true", help="leave out bfloat16 (slow on CPUs without it)")
+    parser.add_argument("--channels-last", action="store_true", help="also time the channels-last 3D layout")
     args = parser.parse_args()
     bench = make_bench_model(args.work / "models", tiny=args.model == "tiny")
     segmenter = engine.Segmenter(bench.model_folder, 0, torch.device("cpu"))
@@ -49,12 +51,15 @@ def main() -> None:
     generator = torch.Generator().manual_seed(0)
     tiles = torch.randn(max(int(b) for b in args.batches.split(",")), 1, *shape, generator=generator)
     results, reference = {}, None
-    settings = [("float32", 1, 1), ("float32", threads_available, 1)]
-    settings += [] if args.no_bf16 else [("bfloat16", threads_available, 1)]
-    settings += [("float32", threads_available, int(b)) for b in args.batches.split(",") if int(b) > 1]
-    for dtype, threads, batch in settings:
+    settings = [("float32", 1, 1, False), ("float32", threads_available, 1, False)]
+    settings += [] if args.no_bf16 else [("bfloat16", threads_available, 1, False)]
+    settings += [("float32", threads_available, int(b), False) for b in args.batches.split(",") if int(b) > 1]
+    settings += [("float32", threads_available, 1, True)] if args.channels_last else []
+    for dtype, threads, batch, channels_last in settings:
         torch.set_num_threads(threads)
-        x = tiles[:batch]
+        layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+        network.to(memory_format=layout)
+        x = tiles[:batch].contiguous(memory_format=layout)
         times = []
         for _ in range(args.warmup):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
@@ -66,7 +71,8 @@ def main() -> None:
             times.append((time.perf_counter() - start) / batch)
         labels = out[:1].argmax(1)
         reference = labels if reference is None else reference
-        results[f"{dtype}, {threads} thread(s), {batch} tile(s) per call"] = {
+        name = f"{dtype}, {threads} thread(s), {batch} tile(s) per call" + (", channels-last" if channels_last else "")
+        results[name] = {
             "median_s_per_tile": round(statistics.median(times), 3),
             "argmax_differs_from_float32": round(float((labels != reference).float().mean()), 5)}
     report = {"model": f"{args.model} architecture, RANDOM weights", "tile": "x".join(map(str, shape)),
