@@ -85,3 +85,22 @@ def test_cascade_region_through_a_reoriented_volume(model_folder: Path) -> None:
     rest = labels.copy()
     rest[roi] = 0
     assert not rest.any()
+
+
+def test_region_with_nnunets_own_export(model_folder: Path) -> None:
+    """With ``--export nnunet`` every tile runs (its export may read any logit) and only the
+    region's labels are kept: inside the region they are the whole image's."""
+    spacing = (3.3, 3.6, 6.1)
+    array = sitk.GetArrayFromImage(_pelvis(spacing)).astype(np.float32)
+    spacing_zyx = (spacing[2], spacing[1], spacing[0])
+    segmenter = engine.Segmenter(model_folder, 0, torch.device("cpu"), export="nnunet")
+    assert segmenter.export == "nnunet"
+    whole = segmenter.predict(array, spacing_zyx)
+    z, y, x = array.shape
+    roi = (slice(0, z // 2), slice(y // 4, y), slice(x // 3, 2 * x // 3))
+    labels = segmenter.predict(array, spacing_zyx, roi=roi)
+    assert segmenter.last_tiles[0] == segmenter.last_tiles[1]
+    assert len(np.unique(whole[roi])) >= 3
+    assert np.array_equal(labels[roi], whole[roi])
+    labels[roi], whole[roi] = 0, 0
+    assert whole.any() and not labels.any()  # the whole image has labels outside the region

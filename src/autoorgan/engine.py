@@ -272,11 +272,10 @@ class Segmenter:
                 f"image extent {' x '.join(f'{e:.1f}' for e in extent)} mm is smaller than one voxel of the "
                 f"model's working grid ({' x '.join(f'{t:.2f}' for t in target)} mm)"
             )
-        box = self._body_box(array_zyx, spacing_zyx) if self.crop_body else None
-        if box is not None:  # the body's box is a region too: tiles over the air around it are skipped
-            if roi is not None:
-                box = tuple(slice(max(r.start, b.start), max(min(r.stop, b.stop), max(r.start, b.start)))
-                            for r, b in zip(roi, box, strict=True))
+        body = self._body_box(array_zyx, spacing_zyx) if self.crop_body else None
+        if body is not None:  # the body's box is a region too: tiles over the air around it are skipped
+            box = body if roi is None else tuple(slice(max(r.start, b.start), min(r.stop, b.stop))
+                                                 for r, b in zip(roi, body, strict=True))
             roi = (box[0], box[1], box[2])
         if roi is not None and any(s.stop <= s.start for s in roi):
             return np.zeros(array_zyx.shape, dtype=np.uint8)
@@ -319,9 +318,7 @@ class Segmenter:
             working_shape = tuple(int(n) for n in tensor.shape[1:])
             region = None if roi is None else tuple(roi[i] for i in predictor.plans_manager.transpose_forward)
             if region is None:
-                logits = predictor.predict_logits_from_preprocessed_data(tensor).cpu()
-                corner = None
-                self.last_tiles = predictor.last_tiles
+                logits, corner = predictor.predict_logits_from_preprocessed_data(tensor), None
             else:
                 needed = self._region_source(region, properties, working_shape)
                 if needed is None:  # the region holds only what nnU-Net cropped away as empty
@@ -329,8 +326,8 @@ class Segmenter:
                     self.last_timing = {"preprocess": preprocessed - start, "network": 0.0, "export": 0.0}
                     return np.zeros(array_zyx.shape, dtype=np.uint8)
                 logits, corner = predictor.predict_logits_for_region(tensor, needed)
-                logits = logits.cpu()
-                self.last_tiles = predictor.last_tiles
+            logits = logits.cpu()
+            self.last_tiles = predictor.last_tiles
             del tensor
             predicted = time.perf_counter()
             seg = self._export(logits, properties, working_shape=working_shape, corner=corner, region=region)
@@ -360,14 +357,11 @@ class Segmenter:
                        working_shape: tuple[int, ...]) -> tuple[slice, ...] | None:
         """The working-grid box whose logits the export of ``region`` reads (``None``: nothing to
         predict). nnU-Net's own export may read any logit, so with it every tile runs."""
-        from autoorgan.fast_export import cropped_region, region_source_box
+        from autoorgan.fast_export import region_source_box
 
-        if self.export == "torch":
-            return region_source_box(region, properties, working_shape, self._nearest_axis(properties))
-        crop = tuple(slice(int(lo), int(hi)) for lo, hi in properties["bbox_used_for_cropping"])
-        shape = properties["shape_after_cropping_and_before_resampling"]
-        if any(s.stop <= s.start for s in cropped_region(region, crop, shape)):
-            return None
+        needed = region_source_box(region, properties, working_shape, self._nearest_axis(properties))
+        if needed is None or self.export == "torch":
+            return needed
         return tuple(slice(0, n) for n in working_shape)
 
     def _export(self, logits: Any, properties: dict[str, Any], *, working_shape: tuple[int, ...],
@@ -386,12 +380,13 @@ class Segmenter:
 
             seg = convert_predicted_logits_to_segmentation_with_correct_shape(
                 logits, predictor.plans_manager, predictor.configuration_manager, predictor.label_manager, properties)
-            if region is not None:  # logits hold the whole grid here (see _region_source)
-                keep = np.zeros(np.shape(seg), dtype=bool)
-                backward = predictor.plans_manager.transpose_backward
-                keep[tuple(region[i] for i in backward)] = True
-                seg = np.where(keep, seg, 0).astype(dtype)
-            return np.asarray(seg)
+            if region is None:
+                return np.asarray(seg)
+            # The logits held the whole grid (see _region_source); keep the region's labels only.
+            box = tuple(region[i] for i in predictor.plans_manager.transpose_backward)
+            labels = np.zeros(np.shape(seg), dtype=dtype)
+            labels[box] = np.asarray(seg)[box]
+            return labels
         from autoorgan.fast_export import export_labels
 
         return export_labels(logits, properties, transpose_backward=predictor.plans_manager.transpose_backward,
@@ -497,54 +492,52 @@ def _batched_predictor_class() -> type:
             summation order as in the whole-image prediction. Returns the logits over the union
             box of those tiles (clipped to ``data``) and that box's corner.
             """
+            padded, unpad = pad_nd_image(data, self.configuration_manager.patch_size, "constant", {"value": 0},
+                                         True, None)
+            offset = [s.start for s in unpad[1:]]
+            every = self._internal_get_sliding_window_slicers(padded.shape[1:])
+            wanted = [(r.start + o, r.stop + o) for r, o in zip(region, offset, strict=True)]
+            batch = max(1, self.tile_batch) if self.device.type == "cpu" else 1
+            # Whole groups of the whole image's tile groups, so that every tile is computed in the
+            # same batch as there.
+            groups = [every[i:i + batch] for i in range(0, len(every), batch)]
+            slicers = [sl for group in groups
+                       if any(all(s.start < hi and s.stop > lo for s, (lo, hi) in zip(sl[1:], wanted, strict=True))
+                              for sl in group)
+                       for sl in group]
+            self.last_tiles = (len(slicers), len(every))
+            lows = [min(sl[1 + a].start for sl in slicers) for a in range(len(wanted))]
+            highs = [max(sl[1 + a].stop for sl in slicers) for a in range(len(wanted))]
+            # The union box's part inside the image (unpadded), relative to the union box.
+            keep = [(max(lo, o), min(hi, o + n)) for lo, hi, o, n in zip(lows, highs, offset, data.shape[1:], strict=True)]
+            inside = (slice(None), *(slice(a - lo, b - lo) for (a, b), lo in zip(keep, lows, strict=True)))
+
             n_threads = torch.get_num_threads()
             torch.set_num_threads(min(default_num_processes, n_threads))
             self.network = self.network.to(self.device)
             self.network.eval()
             results_device = self.device if self.perform_everything_on_device else torch.device("cpu")
+            autocast = torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" else dummy_context()
             try:
                 total = None
                 for params in self.list_of_parameters:
                     if len(self.list_of_parameters) > 1:
                         self.network.load_state_dict(params)
                     empty_cache(self.device)
-                    with torch.autocast(self.device.type, enabled=True) if self.device.type == "cuda" \
-                            else dummy_context():
-                        padded, unpad = pad_nd_image(data, self.configuration_manager.patch_size, "constant",
-                                                     {"value": 0}, True, None)
-                        offset = [s.start for s in unpad[1:]]
-                        every = self._internal_get_sliding_window_slicers(padded.shape[1:])
-                        wanted = [(r.start + o, r.stop + o) for r, o in zip(region, offset, strict=True)]
-                        batch = max(1, self.tile_batch) if self.device.type == "cpu" else 1
-                        # Whole groups of the whole image's tile groups, so that every tile is
-                        # computed in the same batch as there (bit for bit the same logits).
-                        groups = [every[i:i + batch] for i in range(0, len(every), batch)]
-                        slicers = [sl for group in groups
-                                   if any(all(s.start < hi and s.stop > lo
-                                              for s, (lo, hi) in zip(sl[1:], wanted, strict=True)) for sl in group)
-                                   for sl in group]
-                        self.last_tiles = (len(slicers), len(every))
-                        lows = [min(sl[1 + a].start for sl in slicers) for a in range(len(wanted))]
-                        highs = [max(sl[1 + a].stop for sl in slicers) for a in range(len(wanted))]
-                        # Union-box voxels no chosen tile covers stay 0 (never read by the export).
+                    with autocast:
                         predicted, counts = self._accumulate(padded, slicers, lows,
                                                              [h - lo for h, lo in zip(highs, lows, strict=True)],
                                                              results_device, batch)
-                        counts[counts == 0] = 1
-                        torch.div(predicted, counts, out=predicted)
-                        if torch.any(torch.isinf(predicted)):
-                            raise RuntimeError("infinite values in the predicted logits")
-                        # Back to the unpadded grid: keep the union box's part inside the image.
-                        keep = [(max(lo, o), min(hi, o + n)) for lo, hi, o, n
-                                in zip(lows, highs, offset, data.shape[1:], strict=True)]
-                        part = predicted[(slice(None), *(slice(a - lo, b - lo) for (a, b), lo
-                                                         in zip(keep, lows, strict=True)))].to("cpu")
-                        del predicted, counts
+                    counts[counts == 0] = 1  # union-box voxels no chosen tile covers (never exported)
+                    torch.div(predicted, counts, out=predicted)
+                    if torch.any(torch.isinf(predicted)):
+                        raise RuntimeError("infinite values in the predicted logits")
+                    part = predicted[inside].to("cpu")
+                    del predicted, counts
                     total = part if total is None else total + part
-                corner = tuple(a - o for (a, _), o in zip(keep, offset, strict=True))
                 if len(self.list_of_parameters) > 1:
                     total /= len(self.list_of_parameters)
-                return total, corner
+                return total, tuple(a - o for (a, _), o in zip(keep, offset, strict=True))
             finally:
                 empty_cache(self.device)
                 torch.set_num_threads(n_threads)

@@ -189,12 +189,9 @@ def segment_volume(volume: Volume, task: Task, predictor: Predictor,
     reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
     oriented = reorientation.to_target(prepare_intensities(volume.array))
     spacing = reorientation.spacing(volume.geometry.spacing)
-    if roi is None:
-        prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]))
-    else:
-        box = reorientation.box_to_target(roi, volume.array.shape)
-        prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]),
-                                           roi=(box[2], box[1], box[0]))
+    box = None if roi is None else reorientation.box_to_target(roi, volume.array.shape)
+    prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]),
+                                       roi=None if box is None else (box[2], box[1], box[0]))
     labels = reorientation.to_source(np.asarray(prediction_zyx).transpose(2, 1, 0))
     if labels.shape != volume.array.shape:
         raise CaseError(f"prediction shape {labels.shape} differs from the image {volume.array.shape}")
