@@ -1,5 +1,6 @@
 """The network stage alone on CPU: float32 against bfloat16 autocast, torch thread counts,
-several tiles per network call, and the channels-last memory layout.
+several tiles per network call, the channels-last memory layout, a frozen TorchScript graph and
+flushing denormal floats.
 
     python benchmarks/network_levers.py --work /tmp/compare [--model default|tiny] [--size 64] [--repeats 3]
     python benchmarks/network_levers.py --work /tmp/compare --model default --patch --repeats 1
@@ -8,7 +9,9 @@ Times forward passes of the benchmark model's network (RANDOM weights, bench_mod
 ``size``³ tiles (``--patch``: the model's own patch) for each setting — median seconds *per
 tile* over ``repeats`` — and the share of voxels whose argmax differs from float32 one tile at a
 time. These are the levers "half precision on CPU", "thread settings", "tiles per call" and
-"memory layout" (``--channels-last``: network and tiles in ``torch.channels_last_3d``); the
+"memory layout" (``--channels-last``: network and tiles in ``torch.channels_last_3d``), "graph
+optimisation" (``--jit``: ``torch.jit.freeze`` and ``optimize_for_inference``, which hand the
+convolutions to oneDNN with fused activations) and "denormals" (``--flush-denormal``); the
 result decides whether autoorgan uses them (see the README's "Speed and memory" and
 ``engine.tile_batch_size``).
 """
@@ -42,6 +45,9 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=1, help="untimed calls per setting first")
     parser.add_argument("--no-bf16", action="store_true", help="leave out bfloat16 (slow on CPUs without it)")
     parser.add_argument("--channels-last", action="store_true", help="also time the channels-last 3D layout")
+    parser.add_argument("--jit", action="store_true", help="also time a frozen, inference-optimised TorchScript graph")
+    parser.add_argument("--flush-denormal", action="store_true", help="also time with denormal floats flushed to zero")
+    parser.add_argument("--reverse", action="store_true", help="time the settings in reverse order (order effects)")
     args = parser.parse_args()
     bench = make_bench_model(args.work / "models", tiny=args.model == "tiny")
     segmenter = engine.Segmenter(bench.model_folder, 0, torch.device("cpu"))
@@ -50,31 +56,44 @@ def main() -> None:
     threads_available = torch.get_num_threads()
     generator = torch.Generator().manual_seed(0)
     tiles = torch.randn(max(int(b) for b in args.batches.split(",")), 1, *shape, generator=generator)
-    results, reference = {}, None
-    settings = [("float32", 1, 1, False), ("float32", threads_available, 1, False)]
-    settings += [] if args.no_bf16 else [("bfloat16", threads_available, 1, False)]
-    settings += [("float32", threads_available, int(b), False) for b in args.batches.split(",") if int(b) > 1]
-    settings += [("float32", threads_available, 1, True)] if args.channels_last else []
-    for dtype, threads, batch, channels_last in settings:
+    results, outputs = {}, {}
+    settings = [("float32", 1, 1, ""), ("float32", threads_available, 1, "")]
+    settings += [] if args.no_bf16 else [("bfloat16", threads_available, 1, "")]
+    settings += [("float32", threads_available, int(b), "") for b in args.batches.split(",") if int(b) > 1]
+    settings += [("float32", threads_available, 1, "channels-last")] if args.channels_last else []
+    settings += [("float32", threads_available, 1, "frozen TorchScript")] if args.jit else []
+    settings += [("float32", threads_available, 1, "denormals flushed")] if args.flush_denormal else []
+    if args.jit and args.flush_denormal:
+        settings += [("float32", threads_available, 1, "frozen TorchScript, denormals flushed")]
+    settings = settings[::-1] if args.reverse else settings
+    for dtype, threads, batch, variant in settings:
         torch.set_num_threads(threads)
-        layout = torch.channels_last_3d if channels_last else torch.contiguous_format
+        layout = torch.channels_last_3d if variant == "channels-last" else torch.contiguous_format
         network.to(memory_format=layout)
         x = tiles[:batch].contiguous(memory_format=layout)
+        torch.set_flush_denormal("denormals flushed" in variant)
+        run = network
+        if "frozen TorchScript" in variant:
+            with torch.inference_mode():
+                run = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(network, x)))
         times = []
         for _ in range(args.warmup):
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                network(x)
+                run(x)
         for _ in range(args.repeats):
             start = time.perf_counter()
             with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                out = network(x).float()
+                out = run(x).float()
             times.append((time.perf_counter() - start) / batch)
-        labels = out[:1].argmax(1)
-        reference = labels if reference is None else reference
-        name = f"{dtype}, {threads} thread(s), {batch} tile(s) per call" + (", channels-last" if channels_last else "")
-        results[name] = {
-            "median_s_per_tile": round(statistics.median(times), 3),
-            "argmax_differs_from_float32": round(float((labels != reference).float().mean()), 5)}
+        torch.set_flush_denormal(False)
+        name = f"{dtype}, {threads} thread(s), {batch} tile(s) per call" + (f", {variant}" if variant else "")
+        results[name] = {"median_s_per_tile": round(statistics.median(times), 3)}
+        outputs[name] = out[:1]
+    # Against float32, all threads, one tile per call, eager network.
+    reference = outputs[f"float32, {threads_available} thread(s), 1 tile(s) per call"]
+    for name, out in outputs.items():
+        results[name]["argmax_differs_from_float32"] = round(float((out.argmax(1) != reference.argmax(1)).float().mean()), 5)
+        results[name]["max_abs_logit_difference"] = float((out - reference).abs().max())
     report = {"model": f"{args.model} architecture, RANDOM weights", "tile": "x".join(map(str, shape)),
               "repeats": args.repeats, "results": results,
               "autoorgan_tile_batch": segmenter._predictor.tile_batch}

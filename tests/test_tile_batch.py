@@ -77,3 +77,43 @@ def test_batched_tiles_give_nnunets_logits_and_labels(trained_models: Path, mirr
     assert len(present) >= 2  # (mirroring a model trained without it may lose a structure)
     for name, score in ((present[v], s) for v, s in dice_per_label(one_labels, three_labels, present).items()):
         assert score >= 0.999, f"{name}: Dice {score:.4f} between batched and one-tile prediction"
+
+
+def _denormals_are_flushed() -> bool:
+    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
+    return bool((tiny * 1.0 == 0).item())
+
+
+@pytest.mark.e2e
+def test_flushing_denormals_keeps_nnunets_logits_and_restores_the_setting(trained_models: Path) -> None:
+    """The sliding window runs with denormals flushed on the CPU: the logits are bit for bit those of
+    nnU-Net's own predictor (which leaves denormals alone), and the process's setting is off again
+    afterwards."""
+    from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
+
+    folder = require_model(load_registry()[FIXTURE_TASK], trained_models).folder
+    image = make_phantom(6, spacing=DEMO_SPACING).crop_to(list(FIXTURE_STRUCTURES), 20.0).ct
+    array = sitk.GetArrayFromImage(image).astype(np.float32)
+    spacing = tuple(reversed(image.GetSpacing()))
+    segmenter = engine.Segmenter(folder, 0, torch.device("cpu"), tile_batch=1)
+    ours = segmenter._predictor
+    flags_seen: list[bool] = []
+    hook = ours.network.register_forward_pre_hook(lambda _m, _a: flags_seen.append(_denormals_are_flushed()))
+    preprocessor = ours.configuration_manager.preprocessor_class(verbose=False)
+    data, _, _ = preprocessor.run_case_npy(array[None], None, {"spacing": list(spacing)}, ours.plans_manager,
+                                           ours.configuration_manager, ours.dataset_json)
+    logits = ours.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+    hook.remove()
+    assert flags_seen and all(flags_seen), "the network ran without denormals flushed"
+    assert not _denormals_are_flushed()
+    theirs = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
+                             perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
+                             allow_tqdm=False)
+    theirs.manual_initialization(ours.network, ours.plans_manager, ours.configuration_manager,
+                                 ours.list_of_parameters, ours.dataset_json, ours.trainer_name,
+                                 ours.allowed_mirroring_axes)
+    theirs.use_mirroring = ours.use_mirroring
+    reference = theirs.predict_logits_from_preprocessed_data(torch.from_numpy(data))
+    assert torch.equal(logits, reference)
+    segmenter.predict(array, spacing, roi=(slice(0, 4), slice(0, array.shape[1]), slice(0, array.shape[2])))
+    assert not _denormals_are_flushed()

@@ -430,7 +430,8 @@ def _batched_predictor_class() -> type:
     Everything else is nnU-Net's: padding, the tiles (``_internal_get_sliding_window_slicers``),
     mirroring (``_internal_maybe_mirror_and_predict``, which works on a batch), the Gaussian
     weights and the half-precision sums in the same tile order. With ``tile_batch`` 1, or on a
-    GPU, nnU-Net's own loop runs for the whole image.
+    GPU, nnU-Net's own loop runs for the whole image. On the CPU, denormal floats are flushed to
+    zero while the network runs (faster, and the logits stay nnU-Net's bit for bit).
     """
     global _BATCHED_PREDICTOR
     if _BATCHED_PREDICTOR is not None:
@@ -441,6 +442,22 @@ def _batched_predictor_class() -> type:
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
     from nnunetv2.utilities.helpers import dummy_context, empty_cache
+
+    @contextlib.contextmanager
+    def denormals_flushed(device: Any) -> Iterator[None]:
+        """On the CPU, treat denormal floats (below 1.2e-38) as zero while the network runs.
+
+        Arithmetic on denormals is many times slower on x86 CPUs, and a network's activations
+        produce them; flushing them made nnU-Net's default 3d_fullres network 7% faster per tile
+        on 2 cores with bit-identical logits (``benchmarks/network_levers.py --flush-denormal``).
+        The process's setting is restored afterwards (torch's default: off).
+        """
+        flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+        try:
+            yield
+        finally:
+            if flushed:
+                torch.set_flush_denormal(False)
 
     class BatchedTilePredictor(nnUNetPredictor):  # type: ignore[misc]
         tile_batch: int = 1
@@ -474,9 +491,11 @@ def _batched_predictor_class() -> type:
                                                            do_on_device: bool = True) -> Any:
             self.last_tiles = (len(slicers), len(slicers))
             if self.tile_batch <= 1 or self.device.type != "cpu":
-                return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
-            predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
-                                                 torch.device("cpu"), self.tile_batch)
+                with denormals_flushed(self.device):
+                    return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+            with denormals_flushed(self.device):
+                predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
+                                                     torch.device("cpu"), self.tile_batch)
             torch.div(predicted, counts, out=predicted)
             if torch.any(torch.isinf(predicted)):
                 raise RuntimeError("infinite values in the predicted logits")
@@ -524,7 +543,7 @@ def _batched_predictor_class() -> type:
                     if len(self.list_of_parameters) > 1:
                         self.network.load_state_dict(params)
                     empty_cache(self.device)
-                    with autocast:
+                    with autocast, denormals_flushed(self.device):
                         predicted, counts = self._accumulate(padded, slicers, lows,
                                                              [h - lo for h, lo in zip(highs, lows, strict=True)],
                                                              results_device, batch)

@@ -31,9 +31,13 @@ COARSE_GROUPS: dict[str, str] = {
     "femur": "lower_limb",
 }
 
-#: Mean intensity (HU) of each structure kind.
+#: Mean intensity (HU) of each structure kind. nnU-Net's CT normalisation clips intensities at the
+#: 0.5th percentile of a dataset's labelled voxels, so the least dense labelled structure of a task
+#: ends up only a few noise levels above the clipped soft tissue around it. The hip is drawn denser
+#: than the sacrum so that, in the pelvis tasks, only the box-shaped sacrum sits at that floor: at
+#: 550 HU the tiny test models learned the right hip's thin shell to Dice 0.86-0.90 only.
 _HU = {
-    "skull": 1200.0, "vertebrae": 400.0, "rib": 700.0, "humerus": 850.0, "hip": 550.0, "sacrum": 550.0,
+    "skull": 1200.0, "vertebrae": 400.0, "rib": 700.0, "humerus": 850.0, "hip": 700.0, "sacrum": 550.0,
     "femur": 1000.0, "liver": 60.0, "spleen": 45.0, "kidney": 150.0,
 }
 _CARTILAGE_HU = 150.0
