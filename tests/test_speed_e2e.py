@@ -113,7 +113,7 @@ def test_fast_preset_on_the_command_line(trained_models: Path, cases: Path, defa
         assert min(dice_per_label(full, fast, [1, 2, 3]).values()) >= 0.99
     record = json.loads(next(tmp_path.glob("autoorgan_run-part*.json")).read_text(encoding="utf-8"))
     assert {k: record["options"][k] for k in ("fast", "tta", "crop_body", "step_size", "export")} == {
-        "fast": True, "tta": False, "crop_body": True, "step_size": 0.7, "export": "torch"}
+        "fast": True, "tta": False, "crop_body": True, "step_size": 0.5, "export": "torch"}
 
 
 def test_bad_speed_options_are_one_line_errors(trained_models: Path, cases: Path, tmp_path: Path) -> None:

@@ -16,7 +16,7 @@ from autoorgan.fast_export import (
     sample_positions,
     source_box,
 )
-from autoorgan.speed import FAST_STEP, resolve_speed
+from autoorgan.speed import DEFAULT_STEP, resolve_speed
 
 
 def _nnunet_labels(logits: torch.Tensor, out_shape: tuple[int, ...], current: list[float],
@@ -166,7 +166,7 @@ def test_speed_presets() -> None:
     default = resolve_speed()
     assert (default.step_size, default.tta, default.crop_body, default.export) == (0.5, True, False, "torch")
     fast = resolve_speed(fast=True)
-    assert (fast.step_size, fast.tta, fast.crop_body) == (FAST_STEP, False, True)
+    assert (fast.step_size, fast.tta, fast.crop_body) == (DEFAULT_STEP, False, True)
     mixed = resolve_speed(fast=True, step_size=0.6, tta=True, crop_body=False, export="NNUNET")
     assert (mixed.step_size, mixed.tta, mixed.crop_body, mixed.export) == (0.6, True, False, "nnunet")
     with pytest.raises(InputError, match=r"step size must be in \(0, 1\], got 1.5"):

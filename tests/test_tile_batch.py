@@ -35,6 +35,13 @@ def test_small_networks_get_one_tile_per_thread_and_large_ones_one(monkeypatch: 
     assert engine.tile_batch_size([64, 64, 64], TINY_ARCH, cpu) == 1
 
 
+def test_only_large_networks_on_the_cpu_flush_denormals() -> None:
+    cpu, cuda = torch.device("cpu"), torch.device("cuda")
+    assert engine.flush_denormals_for([160, 128, 112], DEFAULT_ARCH, cpu)
+    assert not engine.flush_denormals_for([64, 64, 64], TINY_ARCH, cpu)
+    assert not engine.flush_denormals_for([160, 128, 112], DEFAULT_ARCH, cuda)
+
+
 @pytest.mark.e2e
 @pytest.mark.parametrize("mirroring", [False, True], ids=["no-tta", "tta"])
 def test_batched_tiles_give_nnunets_logits_and_labels(trained_models: Path, mirroring: bool) -> None:
@@ -86,9 +93,9 @@ def _denormals_are_flushed() -> bool:
 
 @pytest.mark.e2e
 def test_flushing_denormals_keeps_nnunets_logits_and_restores_the_setting(trained_models: Path) -> None:
-    """The sliding window runs with denormals flushed on the CPU: the logits are bit for bit those of
-    nnU-Net's own predictor (which leaves denormals alone), and the process's setting is off again
-    afterwards."""
+    """With denormals flushed (as for large networks on the CPU; forced here for the tiny fixture
+    model) the logits are bit for bit those of nnU-Net's own predictor, which leaves denormals
+    alone, and the process's setting is off again afterwards."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     folder = require_model(load_registry()[FIXTURE_TASK], trained_models).folder
@@ -97,6 +104,8 @@ def test_flushing_denormals_keeps_nnunets_logits_and_restores_the_setting(traine
     spacing = tuple(reversed(image.GetSpacing()))
     segmenter = engine.Segmenter(folder, 0, torch.device("cpu"), tile_batch=1)
     ours = segmenter._predictor
+    assert ours.flush_denormals is False  # a tiny network: left as it is
+    ours.flush_denormals = True
     flags_seen: list[bool] = []
     hook = ours.network.register_forward_pre_hook(lambda _m, _a: flags_seen.append(_denormals_are_flushed()))
     preprocessor = ours.configuration_manager.preprocessor_class(verbose=False)

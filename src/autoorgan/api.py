@@ -93,11 +93,11 @@ def predict(
         Skip cases whose outputs are already complete (``--continue``); failed cases (those with
         an ``OUTPUT/<case>.error.json`` record) are retried unless ``skip_failed``.
     step_size:
-        Sliding-window step as a fraction of the patch size (default 0.5 as nnU-Net's, 0.7 with
-        ``fast``).
+        Sliding-window step as a fraction of the patch size (default 0.5 as nnU-Net's; larger is
+        faster and moves the labels).
     fast:
-        The ``--fast`` preset (:mod:`autoorgan.speed`): no mirroring, step 0.7, body crop — several
-        times faster, with a measured Dice against the default in the README. Explicit
+        The ``--fast`` preset (:mod:`autoorgan.speed`): no mirroring and the body crop, with a
+        measured Dice against the default in the README. Explicit
         ``step_size``/``tta``/``crop_body`` override it.
     tta:
         Test-time mirroring (``None``: on, off with ``fast``).

@@ -139,9 +139,9 @@ def predict(
     plans: Annotated[str | None, typer.Option("--plans", help="nnU-Net plans identifier.",
                                               show_default=False)] = None,
     step_size: Annotated[float | None, typer.Option("--step-size", help="Sliding-window step as a fraction of "
-                                                    "the patch; larger is faster. Default 0.5 (nnU-Net's), 0.7 "
-                                                    "with --fast.", show_default=False)] = None,
-    fast: Annotated[bool, typer.Option("--fast", help="Faster preset: no mirroring, step 0.7, body crop "
+                                                    "the patch; larger is faster but moves the labels (see the README). "
+                                                    "Default 0.5 (nnU-Net's).", show_default=False)] = None,
+    fast: Annotated[bool, typer.Option("--fast", help="Faster preset: no mirroring and body crop "
                                        "(measured Dice against the default in the README).")] = False,
     tta: Annotated[bool | None, typer.Option("--tta/--no-tta", help="Test-time mirroring (default on, off "
                                              "with --fast).", show_default=False)] = None,

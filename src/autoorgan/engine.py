@@ -233,6 +233,8 @@ class Segmenter:
             )
         predictor.tile_batch = tile_batch if tile_batch is not None else tile_batch_size(
             configuration_manager.patch_size, configuration_manager.network_arch_init_kwargs, device)
+        predictor.flush_denormals = flush_denormals_for(
+            configuration_manager.patch_size, configuration_manager.network_arch_init_kwargs, device)
         self._predictor = predictor
         if export not in ("torch", "nnunet"):
             raise ValueError(f"unknown export '{export}'; use torch or nnunet")
@@ -399,6 +401,23 @@ class Segmenter:
 TILE_BATCH_ACTIVATIONS = 8_000_000
 
 
+def large_network(patch_size: Any, arch_kwargs: Mapping[str, Any]) -> bool:
+    """Whether one tile's first-stage activations exceed :data:`TILE_BATCH_ACTIVATIONS`."""
+    features = arch_kwargs.get("features_per_stage") or [32]
+    return int(np.prod([int(p) for p in patch_size])) * int(features[0]) > TILE_BATCH_ACTIVATIONS
+
+
+def flush_denormals_for(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any) -> bool:
+    """Whether the network runs with denormal floats flushed to zero: on the CPU, for large networks.
+
+    Measured on 2 cores (``benchmarks/network_levers.py --patch --flush-denormal``, in both
+    orders): nnU-Net's default 1.5 mm architecture took 7.5 s per tile flushed against 8.1 s, with
+    bit-identical logits; the tiny architecture took 0.255-0.261 s against 0.224-0.238 s, so small
+    networks are left as they are.
+    """
+    return getattr(device, "type", str(device)) == "cpu" and large_network(patch_size, arch_kwargs)
+
+
 def tile_batch_size(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any) -> int:
     """How many sliding-window tiles one network call should take on ``device``.
 
@@ -411,11 +430,7 @@ def tile_batch_size(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any
     """
     import torch
 
-    if getattr(device, "type", str(device)) != "cpu":
-        return 1
-    features = arch_kwargs.get("features_per_stage") or [32]
-    activations = int(np.prod([int(p) for p in patch_size])) * int(features[0])
-    if activations > TILE_BATCH_ACTIVATIONS:
+    if getattr(device, "type", str(device)) != "cpu" or large_network(patch_size, arch_kwargs):
         return 1
     return max(1, min(4, torch.get_num_threads()))
 
@@ -430,8 +445,9 @@ def _batched_predictor_class() -> type:
     Everything else is nnU-Net's: padding, the tiles (``_internal_get_sliding_window_slicers``),
     mirroring (``_internal_maybe_mirror_and_predict``, which works on a batch), the Gaussian
     weights and the half-precision sums in the same tile order. With ``tile_batch`` 1, or on a
-    GPU, nnU-Net's own loop runs for the whole image. On the CPU, denormal floats are flushed to
-    zero while the network runs (faster, and the logits stay nnU-Net's bit for bit).
+    GPU, nnU-Net's own loop runs for the whole image. With :attr:`flush_denormals` (large
+    networks on the CPU, :func:`flush_denormals_for`), denormal floats are flushed to zero while
+    the network runs: faster, and the logits stay nnU-Net's bit for bit.
     """
     global _BATCHED_PREDICTOR
     if _BATCHED_PREDICTOR is not None:
@@ -444,15 +460,17 @@ def _batched_predictor_class() -> type:
     from nnunetv2.utilities.helpers import dummy_context, empty_cache
 
     @contextlib.contextmanager
-    def denormals_flushed(device: Any) -> Iterator[None]:
-        """On the CPU, treat denormal floats (below 1.2e-38) as zero while the network runs.
+    def denormals_flushed(predictor: Any) -> Iterator[None]:
+        """With ``predictor.flush_denormals`` on the CPU, treat denormal floats (below 1.2e-38) as
+        zero while the network runs.
 
-        Arithmetic on denormals is many times slower on x86 CPUs, and a network's activations
-        produce them; flushing them made nnU-Net's default 3d_fullres network 7% faster per tile
-        on 2 cores with bit-identical logits (``benchmarks/network_levers.py --flush-denormal``).
-        The process's setting is restored afterwards (torch's default: off).
+        Arithmetic on denormals is slow on x86 CPUs; flushing them made nnU-Net's default
+        3d_fullres network 7% faster per tile on 2 cores with bit-identical logits
+        (:func:`flush_denormals_for`). The process's setting is restored afterwards (torch's
+        default: off).
         """
-        flushed = device.type == "cpu" and torch.set_flush_denormal(True)
+        flushed = (predictor.flush_denormals and predictor.device.type == "cpu"
+                   and torch.set_flush_denormal(True))
         try:
             yield
         finally:
@@ -461,6 +479,8 @@ def _batched_predictor_class() -> type:
 
     class BatchedTilePredictor(nnUNetPredictor):  # type: ignore[misc]
         tile_batch: int = 1
+        #: Run the network with denormal floats flushed to zero (CPU only).
+        flush_denormals: bool = False
         #: Tiles run by the last prediction, and tiles of the whole image.
         last_tiles: tuple[int, int] = (0, 0)
 
@@ -491,9 +511,9 @@ def _batched_predictor_class() -> type:
                                                            do_on_device: bool = True) -> Any:
             self.last_tiles = (len(slicers), len(slicers))
             if self.tile_batch <= 1 or self.device.type != "cpu":
-                with denormals_flushed(self.device):
+                with denormals_flushed(self):
                     return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
-            with denormals_flushed(self.device):
+            with denormals_flushed(self):
                 predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
                                                      torch.device("cpu"), self.tile_batch)
             torch.div(predicted, counts, out=predicted)
@@ -543,7 +563,7 @@ def _batched_predictor_class() -> type:
                     if len(self.list_of_parameters) > 1:
                         self.network.load_state_dict(params)
                     empty_cache(self.device)
-                    with autocast, denormals_flushed(self.device):
+                    with autocast, denormals_flushed(self):
                         predicted, counts = self._accumulate(padded, slicers, lows,
                                                              [h - lo for h, lo in zip(highs, lows, strict=True)],
                                                              results_device, batch)
