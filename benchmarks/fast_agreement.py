@@ -31,17 +31,13 @@ import SimpleITK as sitk
 
 from autoorgan import api
 from autoorgan.demo import (
-    DEMO_PLANS,
-    DEMO_SCHEDULE,
     DEMO_TASK,
-    TRAINING_ORIENTATIONS,
-    TRAINING_SEEDS,
     demo_models_dir,
     demo_phantom,
     demo_tasks_file,
+    train_with_recipe,
 )
 from autoorgan.metrics import dice_per_label
-from autoorgan.phantom import reorient
 from autoorgan.tasks import load_registry
 
 #: The variants, as ``api.predict`` keywords on top of the default.
@@ -66,22 +62,6 @@ def padded_case(seed: int) -> tuple[sitk.Image, sitk.Image]:
     return ct, truth
 
 
-def train_padded_model(work: Path) -> Path:
-    """A model of the demo task trained with the demo recipe on air-padded training phantoms."""
-    data = work / "training_data"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    for i, (seed, codes) in enumerate(zip(TRAINING_SEEDS, TRAINING_ORIENTATIONS, strict=True)):
-        ct, truth = padded_case(seed)
-        sitk.WriteImage(reorient(ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
-        sitk.WriteImage(reorient(truth, codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
-    models = work / "models"
-    api.train(task=DEMO_TASK, tasks_file=demo_tasks_file(), data=data, models_dir=models,
-              work_dir=work / "training_work", device="cpu", plans_override=DEMO_PLANS,
-              augmentation_workers=0, **DEMO_SCHEDULE)
-    return models
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--work", type=Path, default=Path("/tmp/fast_agreement"))
@@ -93,7 +73,8 @@ def main() -> None:
     logging.basicConfig(level=logging.WARNING)
     task = load_registry(demo_tasks_file()).get_task(DEMO_TASK)
     shutil.rmtree(args.work, ignore_errors=True)
-    models_dir = demo_models_dir() if args.model == "demo" else train_padded_model(args.work)
+    models_dir = (demo_models_dir() if args.model == "demo"
+                  else train_with_recipe(args.work / "training", padded_case).parents[1])
     inputs, truths = args.work / "in", {}
     inputs.mkdir(parents=True)
     for seed in range(FIRST_SEED, FIRST_SEED + args.cases):

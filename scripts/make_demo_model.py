@@ -30,26 +30,19 @@ import tempfile
 import time
 from pathlib import Path
 
-import SimpleITK as sitk
 import torch
 
-from autoorgan import api
 from autoorgan.demo import (
     DEMO_MIN_DICE,
     DEMO_NOTE,
-    DEMO_PLANS,
-    DEMO_SCHEDULE,
     DEMO_TASK,
-    TRAINING_ORIENTATIONS,
-    TRAINING_SEEDS,
     demo_models_dir,
-    demo_phantom,
     demo_shortfalls,
     demo_tasks_file,
     run_demo,
+    train_with_recipe,
 )
 from autoorgan.io.writing import write_json
-from autoorgan.phantom import reorient
 from autoorgan.releases import default_table_path, release_entry, write_release_zip
 from autoorgan.tasks import load_registry
 
@@ -58,17 +51,6 @@ log = logging.getLogger("make_demo_model")
 KEEP_KEYS = ("network_weights", "init_args", "trainer_name", "inference_allowed_mirroring_axes", "current_epoch")
 #: File name of the demo model's release zip (its entry in the checksum table).
 RELEASE_NAME = "autoorgan_demo_pelvis_model.zip"
-
-
-def write_training_data(folder: Path) -> None:
-    """The training phantoms (images/ + labels/), each stored in its orientation of the recipe."""
-    task = load_registry(demo_tasks_file()).get_task(DEMO_TASK)
-    (folder / "images").mkdir(parents=True)
-    (folder / "labels").mkdir()
-    for i, (seed, codes) in enumerate(zip(TRAINING_SEEDS, TRAINING_ORIENTATIONS, strict=True)):
-        phantom = demo_phantom(seed)
-        sitk.WriteImage(reorient(phantom.ct, codes), str(folder / "images" / f"phantom_{i}.nii.gz"))
-        sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(folder / "labels" / f"phantom_{i}.nii.gz"))
 
 
 def ship(model_folder: Path, target_models: Path) -> Path:
@@ -125,10 +107,7 @@ def main() -> int:
     work = args.keep_work or Path(tempfile.mkdtemp(prefix="autoorgan-demo-"))
     start = time.perf_counter()
     try:
-        write_training_data(work / "data")
-        model_folder = api.train(task=DEMO_TASK, tasks_file=demo_tasks_file(), data=work / "data",
-                                 models_dir=work / "models", work_dir=work / "work", device=args.device,
-                                 plans_override=DEMO_PLANS, augmentation_workers=0, **DEMO_SCHEDULE)
+        model_folder = train_with_recipe(work, device=args.device)
         trained = time.perf_counter() - start
         staged = work / "ship"
         ship(model_folder, staged)

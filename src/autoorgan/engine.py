@@ -510,10 +510,9 @@ def _batched_predictor_class() -> type:
         def _internal_predict_sliding_window_return_logits(self, data: Any, slicers: Any,
                                                            do_on_device: bool = True) -> Any:
             self.last_tiles = (len(slicers), len(slicers))
-            if self.tile_batch <= 1 or self.device.type != "cpu":
-                with denormals_flushed(self):
-                    return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
             with denormals_flushed(self):
+                if self.tile_batch <= 1 or self.device.type != "cpu":
+                    return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
                 predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
                                                      torch.device("cpu"), self.tile_batch)
             torch.div(predicted, counts, out=predicted)

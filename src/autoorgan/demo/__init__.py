@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import logging
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -86,6 +87,40 @@ def demo_phantom(seed: int):  # noqa: ANN201 - autoorgan.phantom.Phantom, import
     from autoorgan.phantom import make_phantom
 
     return make_phantom(seed, spacing=DEMO_SPACING).crop_to(list(DEMO_STRUCTURES), 12.0)
+
+
+def train_with_recipe(work: Path, case: Callable[[int], tuple[Any, Any]] | None = None, *,
+                      device: str = "cpu") -> Path:
+    """Train a model of :data:`DEMO_TASK` with the demo recipe; returns the trained model folder.
+
+    The training data (``work/data``: one phantom per :data:`TRAINING_SEEDS`, stored in its
+    :data:`TRAINING_ORIENTATIONS` order) comes from ``case(seed)`` → (CT, label map) — by default
+    :func:`demo_phantom` and its labels; the models land in ``work/models``. Used by
+    ``scripts/make_demo_model.py`` and by benchmarks that need the recipe on other phantoms.
+    """
+    import SimpleITK as sitk
+
+    from autoorgan import api
+    from autoorgan.phantom import reorient
+    from autoorgan.tasks import load_registry
+
+    if case is None:
+        labels = load_registry(demo_tasks_file()).get_task(DEMO_TASK).labels
+
+        def case(seed: int) -> tuple[Any, Any]:
+            phantom = demo_phantom(seed)
+            return phantom.ct, phantom.labels_for(labels)
+
+    data = work / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for i, (seed, codes) in enumerate(zip(TRAINING_SEEDS, TRAINING_ORIENTATIONS, strict=True)):
+        ct, truth = case(seed)
+        sitk.WriteImage(reorient(ct, codes), str(data / "images" / f"phantom_{i}.nii.gz"))
+        sitk.WriteImage(reorient(truth, codes), str(data / "labels" / f"phantom_{i}.nii.gz"))
+    return api.train(task=DEMO_TASK, tasks_file=demo_tasks_file(), data=data, models_dir=work / "models",
+                     work_dir=work / "work", device=device, plans_override=DEMO_PLANS, augmentation_workers=0,
+                     **DEMO_SCHEDULE)
 
 
 @dataclass
