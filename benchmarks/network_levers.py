@@ -11,7 +11,9 @@ tile* over ``repeats`` — and the share of voxels whose argmax differs from flo
 time. These are the levers "half precision on CPU", "thread settings", "tiles per call" and
 "memory layout" (``--channels-last``: network and tiles in ``torch.channels_last_3d``), "graph
 optimisation" (``--jit``: ``torch.jit.freeze`` and ``optimize_for_inference``, which hand the
-convolutions to oneDNN with fused activations) and "denormals" (``--flush-denormal``); the
+convolutions to oneDNN with fused activations), "denormals" (``--flush-denormal``) and "freed
+memory reused" (``--reuse-memory``: :func:`autoorgan.cpu_runtime.freed_memory_reused`, glibc's
+heap keeps the activations' memory from call to call instead of unmapping it); the
 result decides whether autoorgan uses them (see the README's "Speed and memory" and
 ``engine.tile_batch_size``).
 """
@@ -19,21 +21,41 @@ result decides whether autoorgan uses them (see the README's "Speed and memory" 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import resource
 import statistics
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import make_bench_model
 
 
+def time_calls(run: Any, x: Any, dtype: str, batch: int, warmup: int, repeats: int) -> tuple[list[float], Any]:
+    """Seconds per tile of ``repeats`` calls of ``run`` on ``x`` after ``warmup`` untimed ones,
+    and the last output."""
+    import torch
+
+    for _ in range(warmup):
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            run(x)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
+            out = run(x).float()
+        times.append((time.perf_counter() - start) / batch)
+    return times, out
+
+
 def main() -> None:
     import torch
 
-    from autoorgan import engine
+    from autoorgan import cpu_runtime, engine
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)
@@ -47,6 +69,8 @@ def main() -> None:
     parser.add_argument("--channels-last", action="store_true", help="also time the channels-last 3D layout")
     parser.add_argument("--jit", action="store_true", help="also time a frozen, inference-optimised TorchScript graph")
     parser.add_argument("--flush-denormal", action="store_true", help="also time with denormal floats flushed to zero")
+    parser.add_argument("--reuse-memory", action="store_true",
+                        help="also time with freed memory kept for reuse (alone and with denormals flushed)")
     parser.add_argument("--reverse", action="store_true", help="time the settings in reverse order (order effects)")
     args = parser.parse_args()
     bench = make_bench_model(args.work / "models", tiny=args.model == "tiny")
@@ -55,7 +79,8 @@ def main() -> None:
     shape = list(segmenter.patch_size) if args.patch else [args.size] * 3
     threads_available = torch.get_num_threads()
     generator = torch.Generator().manual_seed(0)
-    tiles = torch.randn(max(int(b) for b in args.batches.split(",")), 1, *shape, generator=generator)
+    most = max([int(b) for b in args.batches.split(",")] + [segmenter._predictor.tile_batch])
+    tiles = torch.randn(most, 1, *shape, generator=generator)
     results, outputs = {}, {}
     settings = [("float32", 1, 1, ""), ("float32", threads_available, 1, "")]
     settings += [] if args.no_bf16 else [("bfloat16", threads_available, 1, "")]
@@ -65,6 +90,10 @@ def main() -> None:
     settings += [("float32", threads_available, 1, "denormals flushed")] if args.flush_denormal else []
     if args.jit and args.flush_denormal:
         settings += [("float32", threads_available, 1, "frozen TorchScript, denormals flushed")]
+    if args.reuse_memory:  # with autoorgan's tiles per call
+        auto_batch = segmenter._predictor.tile_batch
+        settings += [("float32", threads_available, auto_batch, "freed memory reused")]
+        settings += [("float32", threads_available, auto_batch, "freed memory reused, denormals flushed")]
     settings = settings[::-1] if args.reverse else settings
     for dtype, threads, batch, variant in settings:
         torch.set_num_threads(threads)
@@ -76,18 +105,15 @@ def main() -> None:
         if "frozen TorchScript" in variant:
             with torch.inference_mode():
                 run = torch.jit.optimize_for_inference(torch.jit.freeze(torch.jit.trace(network, x)))
-        times = []
-        for _ in range(args.warmup):
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                run(x)
-        for _ in range(args.repeats):
-            start = time.perf_counter()
-            with torch.inference_mode(), torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bfloat16"):
-                out = run(x).float()
-            times.append((time.perf_counter() - start) / batch)
+        reuse = cpu_runtime.freed_memory_reused() if "freed memory reused" in variant else contextlib.nullcontext()
+        faults_before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        with reuse:
+            times, out = time_calls(run, x, dtype, batch, args.warmup, args.repeats)
+        faults = resource.getrusage(resource.RUSAGE_SELF).ru_minflt - faults_before
         torch.set_flush_denormal(False)
         name = f"{dtype}, {threads} thread(s), {batch} tile(s) per call" + (f", {variant}" if variant else "")
-        results[name] = {"median_s_per_tile": round(statistics.median(times), 3)}
+        results[name] = {"median_s_per_tile": round(statistics.median(times), 3),
+                         "page_faults_per_call": round(faults / (args.warmup + args.repeats))}
         outputs[name] = out[:1]
     # Against float32, all threads, one tile per call, eager network.
     reference = outputs[f"float32, {threads_available} thread(s), 1 tile(s) per call"]

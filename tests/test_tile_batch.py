@@ -11,7 +11,7 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from autoorgan import engine
+from autoorgan import cpu_runtime, engine
 from autoorgan.demo import DEMO_SPACING
 from autoorgan.metrics import dice_per_label
 from autoorgan.models import require_model
@@ -33,13 +33,6 @@ def test_small_networks_get_one_tile_per_thread_and_large_ones_one(monkeypatch: 
     assert engine.tile_batch_size([64, 64, 64], TINY_ARCH, cpu) == 4
     monkeypatch.setattr(torch, "get_num_threads", lambda: 1)
     assert engine.tile_batch_size([64, 64, 64], TINY_ARCH, cpu) == 1
-
-
-def test_only_large_networks_on_the_cpu_flush_denormals() -> None:
-    cpu, cuda = torch.device("cpu"), torch.device("cuda")
-    assert engine.flush_denormals_for([160, 128, 112], DEFAULT_ARCH, cpu)
-    assert not engine.flush_denormals_for([64, 64, 64], TINY_ARCH, cpu)
-    assert not engine.flush_denormals_for([160, 128, 112], DEFAULT_ARCH, cuda)
 
 
 @pytest.mark.e2e
@@ -86,16 +79,11 @@ def test_batched_tiles_give_nnunets_logits_and_labels(trained_models: Path, mirr
         assert score >= 0.999, f"{name}: Dice {score:.4f} between batched and one-tile prediction"
 
 
-def _denormals_are_flushed() -> bool:
-    tiny = torch.tensor([1e-39], dtype=torch.float32)  # a denormal float32
-    return bool((tiny * 1.0 == 0).item())
-
-
 @pytest.mark.e2e
-def test_flushing_denormals_keeps_nnunets_logits_and_restores_the_setting(trained_models: Path) -> None:
-    """With denormals flushed (as for large networks on the CPU; forced here for the tiny fixture
-    model) the logits are bit for bit those of nnU-Net's own predictor, which leaves denormals
-    alone, and the process's setting is off again afterwards."""
+def test_freed_memory_reuse_keeps_nnunets_logits_and_is_restored(trained_models: Path) -> None:
+    """With freed memory reused (every CPU sliding window, where the C library is glibc) the
+    logits are bit for bit those of nnU-Net's own predictor, which leaves malloc alone, and the
+    setting is off again afterwards, on the whole-image and on the region path."""
     from nnunetv2.inference.predict_from_raw_data import nnUNetPredictor
 
     folder = require_model(load_registry()[FIXTURE_TASK], trained_models).folder
@@ -104,17 +92,20 @@ def test_flushing_denormals_keeps_nnunets_logits_and_restores_the_setting(traine
     spacing = tuple(reversed(image.GetSpacing()))
     segmenter = engine.Segmenter(folder, 0, torch.device("cpu"), tile_batch=1)
     ours = segmenter._predictor
-    assert ours.flush_denormals is False  # a tiny network: left as it is
-    ours.flush_denormals = True
     flags_seen: list[bool] = []
-    hook = ours.network.register_forward_pre_hook(lambda _m, _a: flags_seen.append(_denormals_are_flushed()))
+
+    def record(_module: object, _inputs: object) -> None:
+        flags_seen.append(cpu_runtime.reusing_freed_memory())
+
+    hook = ours.network.register_forward_pre_hook(record)
     preprocessor = ours.configuration_manager.preprocessor_class(verbose=False)
     data, _, _ = preprocessor.run_case_npy(array[None], None, {"spacing": list(spacing)}, ours.plans_manager,
                                            ours.configuration_manager, ours.dataset_json)
     logits = ours.predict_logits_from_preprocessed_data(torch.from_numpy(data))
     hook.remove()
-    assert flags_seen and all(flags_seen), "the network ran without denormals flushed"
-    assert not _denormals_are_flushed()
+    reuse = cpu_runtime.heap_reuse_supported()
+    assert flags_seen and all(seen == reuse for seen in flags_seen), "the network ran without freed memory reused"
+    assert not cpu_runtime.reusing_freed_memory()
     theirs = nnUNetPredictor(tile_step_size=0.5, use_gaussian=True, use_mirroring=False,
                              perform_everything_on_device=False, device=torch.device("cpu"), verbose=False,
                              allow_tqdm=False)
@@ -124,5 +115,9 @@ def test_flushing_denormals_keeps_nnunets_logits_and_restores_the_setting(traine
     theirs.use_mirroring = ours.use_mirroring
     reference = theirs.predict_logits_from_preprocessed_data(torch.from_numpy(data))
     assert torch.equal(logits, reference)
+    flags_seen.clear()
+    hook = ours.network.register_forward_pre_hook(record)
     segmenter.predict(array, spacing, roi=(slice(0, 4), slice(0, array.shape[1]), slice(0, array.shape[2])))
-    assert not _denormals_are_flushed()
+    hook.remove()
+    assert flags_seen and all(seen == reuse for seen in flags_seen), "the region path ran without it"
+    assert not cpu_runtime.reusing_freed_memory()

@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 
+from autoorgan.cpu_runtime import network_settings
 from autoorgan.errors import CaseError
 
 log = logging.getLogger(__name__)
@@ -233,8 +234,6 @@ class Segmenter:
             )
         predictor.tile_batch = tile_batch if tile_batch is not None else tile_batch_size(
             configuration_manager.patch_size, configuration_manager.network_arch_init_kwargs, device)
-        predictor.flush_denormals = flush_denormals_for(
-            configuration_manager.patch_size, configuration_manager.network_arch_init_kwargs, device)
         self._predictor = predictor
         if export not in ("torch", "nnunet"):
             raise ValueError(f"unknown export '{export}'; use torch or nnunet")
@@ -407,17 +406,6 @@ def large_network(patch_size: Any, arch_kwargs: Mapping[str, Any]) -> bool:
     return int(np.prod([int(p) for p in patch_size])) * int(features[0]) > TILE_BATCH_ACTIVATIONS
 
 
-def flush_denormals_for(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any) -> bool:
-    """Whether the network runs with denormal floats flushed to zero: on the CPU, for large networks.
-
-    Measured on 2 cores (``benchmarks/network_levers.py --patch --flush-denormal``, in both
-    orders): nnU-Net's default 1.5 mm architecture took 7.5 s per tile flushed against 8.1 s, with
-    bit-identical logits; the tiny architecture took 0.255-0.261 s against 0.224-0.238 s, so small
-    networks are left as they are.
-    """
-    return getattr(device, "type", str(device)) == "cpu" and large_network(patch_size, arch_kwargs)
-
-
 def tile_batch_size(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any) -> int:
     """How many sliding-window tiles one network call should take on ``device``.
 
@@ -445,9 +433,9 @@ def _batched_predictor_class() -> type:
     Everything else is nnU-Net's: padding, the tiles (``_internal_get_sliding_window_slicers``),
     mirroring (``_internal_maybe_mirror_and_predict``, which works on a batch), the Gaussian
     weights and the half-precision sums in the same tile order. With ``tile_batch`` 1, or on a
-    GPU, nnU-Net's own loop runs for the whole image. With :attr:`flush_denormals` (large
-    networks on the CPU, :func:`flush_denormals_for`), denormal floats are flushed to zero while
-    the network runs: faster, and the logits stay nnU-Net's bit for bit.
+    GPU, nnU-Net's own loop runs for the whole image. On the CPU the sliding window runs under
+    :func:`autoorgan.cpu_runtime.network_settings` (freed memory reused from tile to tile):
+    faster, and the logits stay nnU-Net's bit for bit.
     """
     global _BATCHED_PREDICTOR
     if _BATCHED_PREDICTOR is not None:
@@ -459,28 +447,8 @@ def _batched_predictor_class() -> type:
     from nnunetv2.inference.sliding_window_prediction import compute_gaussian
     from nnunetv2.utilities.helpers import dummy_context, empty_cache
 
-    @contextlib.contextmanager
-    def denormals_flushed(predictor: Any) -> Iterator[None]:
-        """With ``predictor.flush_denormals`` on the CPU, treat denormal floats (below 1.2e-38) as
-        zero while the network runs.
-
-        Arithmetic on denormals is slow on x86 CPUs; flushing them made nnU-Net's default
-        3d_fullres network 7% faster per tile on 2 cores with bit-identical logits
-        (:func:`flush_denormals_for`). The process's setting is restored afterwards (torch's
-        default: off).
-        """
-        flushed = (predictor.flush_denormals and predictor.device.type == "cpu"
-                   and torch.set_flush_denormal(True))
-        try:
-            yield
-        finally:
-            if flushed:
-                torch.set_flush_denormal(False)
-
     class BatchedTilePredictor(nnUNetPredictor):  # type: ignore[misc]
         tile_batch: int = 1
-        #: Run the network with denormal floats flushed to zero (CPU only).
-        flush_denormals: bool = False
         #: Tiles run by the last prediction, and tiles of the whole image.
         last_tiles: tuple[int, int] = (0, 0)
 
@@ -510,7 +478,7 @@ def _batched_predictor_class() -> type:
         def _internal_predict_sliding_window_return_logits(self, data: Any, slicers: Any,
                                                            do_on_device: bool = True) -> Any:
             self.last_tiles = (len(slicers), len(slicers))
-            with denormals_flushed(self):
+            with network_settings(self.device):
                 if self.tile_batch <= 1 or self.device.type != "cpu":
                     return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
                 predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
@@ -562,7 +530,7 @@ def _batched_predictor_class() -> type:
                     if len(self.list_of_parameters) > 1:
                         self.network.load_state_dict(params)
                     empty_cache(self.device)
-                    with autocast, denormals_flushed(self):
+                    with autocast, network_settings(self.device):
                         predicted, counts = self._accumulate(padded, slicers, lows,
                                                              [h - lo for h, lo in zip(highs, lows, strict=True)],
                                                              results_device, batch)
