@@ -47,6 +47,7 @@ def _glibc() -> Any | None:
         libc.gnu_get_libc_version  # noqa: B018 - present only in glibc
         mallopt, malloc_trim = libc.mallopt, libc.malloc_trim
     except (OSError, AttributeError):
+        log.debug("the C library is not glibc: freed memory is not kept for reuse")
         return None
     mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
     malloc_trim.argtypes, malloc_trim.restype = [ctypes.c_size_t], ctypes.c_int
