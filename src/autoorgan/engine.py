@@ -400,12 +400,6 @@ class Segmenter:
 TILE_BATCH_ACTIVATIONS = 8_000_000
 
 
-def large_network(patch_size: Any, arch_kwargs: Mapping[str, Any]) -> bool:
-    """Whether one tile's first-stage activations exceed :data:`TILE_BATCH_ACTIVATIONS`."""
-    features = arch_kwargs.get("features_per_stage") or [32]
-    return int(np.prod([int(p) for p in patch_size])) * int(features[0]) > TILE_BATCH_ACTIVATIONS
-
-
 def tile_batch_size(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any) -> int:
     """How many sliding-window tiles one network call should take on ``device``.
 
@@ -418,7 +412,11 @@ def tile_batch_size(patch_size: Any, arch_kwargs: Mapping[str, Any], device: Any
     """
     import torch
 
-    if getattr(device, "type", str(device)) != "cpu" or large_network(patch_size, arch_kwargs):
+    if getattr(device, "type", str(device)) != "cpu":
+        return 1
+    features = arch_kwargs.get("features_per_stage") or [32]
+    activations = int(np.prod([int(p) for p in patch_size])) * int(features[0])
+    if activations > TILE_BATCH_ACTIVATIONS:
         return 1
     return max(1, min(4, torch.get_num_threads()))
 
