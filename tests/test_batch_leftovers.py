@@ -17,7 +17,14 @@ from autoorgan.cli import app
 from autoorgan.dataset import find_training_cases
 from autoorgan.errors import InputError
 from autoorgan.models import require_model
-from autoorgan.outputs import OUTPUT_OPTIONS_KEY, CaseOutputs, reserved_case_id_problem
+from autoorgan.io.writing import file_digest
+from autoorgan.outputs import (
+    LABEL_SHA256_KEY,
+    LABEL_SIZE_KEY,
+    OUTPUT_OPTIONS_KEY,
+    CaseOutputs,
+    reserved_case_id_problem,
+)
 from autoorgan.report.run_record import RECORD_GLOB
 from autoorgan.tasks import load_registry
 from fixture_model import FIXTURE_TASK, pelvis_phantom
@@ -136,13 +143,15 @@ def test_case_id_ending_in_error_is_refused_and_leaves_the_other_case_intact(tra
 def test_is_complete_compares_the_recorded_output_options(tmp_path: Path) -> None:
     outputs = CaseOutputs(tmp_path, "c")
     (tmp_path / "c.nii.gz").write_bytes(b"x")
+    pair = {"label_map": "c.nii.gz", LABEL_SHA256_KEY: file_digest(tmp_path / "c.nii.gz").sha256, LABEL_SIZE_KEY: 1}
     options = {"output_type": "nifti", "split": False, "split_only": False, "roi_subset": None}
-    (tmp_path / "c.json").write_text(json.dumps({"task": "hip", "dataset_id": 114, OUTPUT_OPTIONS_KEY: options}))
+    (tmp_path / "c.json").write_text(json.dumps({"task": "hip", "dataset_id": 114, OUTPUT_OPTIONS_KEY: options,
+                                                 **pair}))
     assert outputs.is_complete("hip", 114, options)
     assert outputs.is_complete("hip", 114)  # no options asked: as before
     assert not outputs.is_complete("hip", 114, {**options, "split": True})
     assert not outputs.is_complete("hip", 114, {**options, "roi_subset": ["sacrum"]})
-    (tmp_path / "c.json").write_text(json.dumps({"task": "hip", "dataset_id": 114}))  # an older sidecar
+    (tmp_path / "c.json").write_text(json.dumps({"task": "hip", "dataset_id": 114, **pair}))  # an older sidecar
     assert not outputs.is_complete("hip", 114, options)
 
 

@@ -13,6 +13,7 @@ from typer.testing import CliRunner
 from autoorgan.cli import _forwarded_predict_args, app
 from autoorgan.errors import InputError
 from autoorgan.failures import clear_failure, error_record_path, read_failure, write_failure
+from autoorgan.io.writing import file_digest
 from autoorgan.launcher import parse_devices, plan_workers, worker_command
 from autoorgan.sharding import resolve_shard, shard_from_slurm, shard_of
 from autoorgan.status import collect_status
@@ -108,13 +109,14 @@ def test_worker_command_repeats_options_with_its_shard() -> None:
 
 
 def test_failure_record_roundtrip(tmp_path: Path) -> None:
-    path = write_failure(tmp_path, "case 1", "case 1.nii.gz: not a 3D image\nsecond line")
+    # the message is kept whole: a newline may be part of a file name (issue 17, item 12)
+    path = write_failure(tmp_path, "case 1", "case\n1.nii.gz: not a 3D image\n")
     assert path == error_record_path(tmp_path, "case 1") == tmp_path / "case 1.error.json"
     data = json.loads(path.read_text())
-    assert data["case_id"] == "case 1" and data["error"] == "case 1.nii.gz: not a 3D image"
+    assert data["case_id"] == "case 1" and data["error"] == "case\n1.nii.gz: not a 3D image"
     assert set(data) == {"case_id", "error", "time", "host", "autoorgan"}
     record = read_failure(tmp_path, "case 1")
-    assert record is not None and record.error == "case 1.nii.gz: not a 3D image"
+    assert record is not None and record.error == "case\n1.nii.gz: not a 3D image"
     assert [p.name for p in tmp_path.iterdir()] == ["case 1.error.json"]  # no temporaries left
     assert clear_failure(tmp_path, "case 1") is True
     assert clear_failure(tmp_path, "case 1") is False and read_failure(tmp_path, "case 1") is None
@@ -123,7 +125,9 @@ def test_failure_record_roundtrip(tmp_path: Path) -> None:
 def _fake_done(out: Path, case_id: str, task: str = "hip") -> None:
     out.mkdir(exist_ok=True)
     sitk.WriteImage(sitk.GetImageFromArray(np.zeros((2, 2, 2), np.uint8)), str(out / f"{case_id}.nii.gz"))
-    (out / f"{case_id}.json").write_text(json.dumps({"task": task, "dataset_id": 114}))
+    digest = file_digest(out / f"{case_id}.nii.gz")  # a finished pair: the sidecar names its map's checksum
+    (out / f"{case_id}.json").write_text(json.dumps({"task": task, "dataset_id": 114, "label_map": f"{case_id}.nii.gz",
+                                                     "label_map_sha256": digest.sha256, "label_map_size": digest.size}))
 
 
 def test_status_counts_per_case_and_shard(tmp_path: Path) -> None:

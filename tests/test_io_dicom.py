@@ -41,7 +41,7 @@ def jpeg2000_series(real_data: Path) -> Path:
 
 def test_jpeg2000_series_without_uids_reads_with_gdcm_geometry(jpeg2000_series: Path) -> None:
     cases = find_cases(jpeg2000_series)
-    assert [c.case_id for c in cases] == ["example_ct_dicom"]
+    assert [c.case_id for c in cases] == ["example_ct_dicom_CT_Body_3.0"]
     case = cases[0]
     assert case.kind == "dicom" and len(case.dicom.files) == 20
     volume = read_case(case)
@@ -70,10 +70,10 @@ def test_nested_folders_and_several_series_give_readable_cases(real_data: Path, 
         shutil.copy(src, mixed / f"body_{i:02d}.dcm")
     (study / "notes.txt").write_text("not an image")
     cases = {c.case_id: c for c in find_cases(study)}
-    assert sorted(cases) == ["mixed_CT_Body_3.0", "mixed_series2", "patient_ct_abdomen_slices"]
+    assert sorted(cases) == ["mixed_CT_Body_3.0", "mixed_series2", "patient_ct_abdomen_slices_CT_Body_3.0"]
     assert cases["mixed_series2"].dicom.series_uid == "1.2.392.200103.20080913.113635.1.2009.6.22.21.43.10.23430.1"
     assert len(cases["mixed_series2"].dicom.files) == 3 and len(cases["mixed_CT_Body_3.0"].dicom.files) == 20
-    _assert_grid(read_case(cases["patient_ct_abdomen_slices"]).geometry, _gdcm_image(jpeg2000_series))
+    _assert_grid(read_case(cases["patient_ct_abdomen_slices_CT_Body_3.0"]).geometry, _gdcm_image(jpeg2000_series))
     _assert_grid(read_case(cases["mixed_series2"]).geometry, _gdcm_image(real_data / "dcmqi_ct3slice" / "dicom"))
 
 
@@ -85,7 +85,7 @@ def test_zip_of_a_dicom_folder_is_read_and_its_extraction_removed(jpeg2000_serie
         zf.writestr("export/readme.txt", "hello")
     before = set(Path(tempfile.gettempdir()).glob("autoorgan-dicom-*"))
     cases = find_cases(archive)
-    assert [c.case_id for c in cases] == ["scan_7"]
+    assert [c.case_id for c in cases] == ["scan_7_CT_Body_3.0"]
     volume = read_case(cases[0])
     _assert_grid(volume.geometry, _gdcm_image(jpeg2000_series))
     assert set(Path(tempfile.gettempdir()).glob("autoorgan-dicom-*")) == before
@@ -94,7 +94,7 @@ def test_zip_of_a_dicom_folder_is_read_and_its_extraction_removed(jpeg2000_serie
     folder.mkdir()
     shutil.copy(archive, folder / "scan7.zip")
     sitk.WriteImage(sitk.Image(4, 4, 4, sitk.sitkInt16), str(folder / "other.nrrd"))
-    assert sorted(c.case_id for c in find_cases(folder)) == ["other", "scan7"]
+    assert sorted(c.case_id for c in find_cases(folder)) == ["other", "scan7_CT_Body_3.0"]
 
 
 def test_single_slice_is_a_clear_case_error(real_data: Path) -> None:
@@ -200,5 +200,5 @@ def test_series_split_over_numbered_folders_is_one_case(jpeg2000_series: Path, t
         shutil.copy(src, part / src.name)
     (tmp_path / "exam" / "DICOM" / "loop").symlink_to(tmp_path / "exam")
     cases = find_cases(tmp_path / "exam")
-    assert [c.case_id for c in cases] == ["DICOM"] and len(cases[0].dicom.files) == 20
+    assert [c.case_id for c in cases] == ["DICOM_CT_Body_3.0"] and len(cases[0].dicom.files) == 20
     _assert_grid(read_case(cases[0]).geometry, _gdcm_image(jpeg2000_series))

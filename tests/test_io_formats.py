@@ -45,6 +45,21 @@ def test_folder_may_mix_formats(ct: sitk.Image, tmp_path: Path) -> None:
     assert {c.path.name for c in cases} == {"a.nii.gz", "b.nrrd", "c.mha", "d.mhd", "e.nhdr"}
 
 
+@pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd"])
+@pytest.mark.parametrize("compress", [False, True])
+@pytest.mark.parametrize("dtype", [np.int16, np.float32, np.uint8])
+def test_header_checks_accept_every_whole_file(ct: sitk.Image, tmp_path: Path, ending: str, compress: bool,
+                                               dtype: type) -> None:
+    """The declared-versus-held size checks (raw and compressed data, attached and detached)
+    never refuse a whole file, and the voxels read are exactly those written."""
+    image = sitk.Cast(ct, sitk.GetImageFromArray(np.zeros((1, 1, 1), dtype)).GetPixelID())
+    path = tmp_path / f"whole{ending}"
+    sitk.WriteImage(image, str(path), useCompression=compress)
+    volume = read_case(find_cases(path)[0])
+    assert np.array_equal(volume.array, sitk.GetArrayFromImage(image).transpose(2, 1, 0))
+    assert np.allclose(volume.geometry.origin, ct.GetOrigin())
+
+
 @pytest.mark.parametrize("ending", [".nrrd", ".mha", ".nii.gz"])
 def test_4d_image_is_a_clear_case_error(tmp_path: Path, ending: str) -> None:
     image = sitk.GetImageFromArray(np.zeros((3, 4, 5, 6), dtype=np.int16), isVector=False)

@@ -58,24 +58,25 @@ def test_real_dicom_series_to_label_map_masks_and_dicom_seg(trained_models: Path
                                  "--models-dir", str(trained_models), "--device", "cpu", "--quiet",
                                  "--output-type", "dicom-seg", "--split"])
     assert result.exit_code == 0, result.output
-    label_image = sitk.ReadImage(str(out / "example_ct_dicom.nii.gz"))
+    case = "example_ct_dicom_CT_Body_3.0"  # folder and series description
+    label_image = sitk.ReadImage(str(out / f"{case}.nii.gz"))
     _assert_same_grid(label_image, _series_image(series))
     labels = sitk.GetArrayFromImage(label_image)
-    sidecar = json.loads((out / "example_ct_dicom.json").read_text())
+    sidecar = json.loads((out / f"{case}.json").read_text())
     assert sidecar["input"] == "example_ct_dicom"
     assert sidecar["dicom"] == {"series_instance_uid": "", "series_number": None,
                                 "series_description": "CT Body 3.0", "modality": "CT", "files": 20}
     # per-structure masks
     assert sorted(sidecar["structure_masks"]) == ["hip_left", "hip_right", "sacrum"]
     for value, name in {1: "hip_left", 2: "hip_right", 3: "sacrum"}.items():
-        mask = sitk.ReadImage(str(out / "example_ct_dicom" / f"{name}.nii.gz"))
+        mask = sitk.ReadImage(str(out / case / f"{name}.nii.gz"))
         _assert_same_grid(mask, label_image)
         assert np.array_equal(sitk.GetArrayFromImage(mask), (labels == value).astype(np.uint8))
     # DICOM SEG round trip: one segment per present structure, masks equal to the label map
     present = sorted(int(v) for v in np.unique(labels) if v)
     assert present, "the fixture model found no structure in the real series"
-    assert sidecar["dicom_seg"]["file"] == "example_ct_dicom.seg.dcm"
-    seg = hd.seg.segread(out / "example_ct_dicom.seg.dcm")
+    assert sidecar["dicom_seg"]["file"] == f"{case}.seg.dcm"
+    seg = hd.seg.segread(out / f"{case}.seg.dcm")
     names = {int(s.SegmentNumber): s.SegmentLabel for s in seg.SegmentSequence}
     hip = {1: "hip_left", 2: "hip_right", 3: "sacrum"}
     assert list(names.values()) == [hip[v] for v in present]
@@ -91,7 +92,7 @@ def test_real_dicom_series_to_label_map_masks_and_dicom_seg(trained_models: Path
     assert len(seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence) == 20
     # nothing identifying the patient outside the SEG itself
     source = pydicom.dcmread(next(series.iterdir()), stop_before_pixels=True)
-    text = (out / "example_ct_dicom.json").read_text() + result.output
+    text = (out / f"{case}.json").read_text() + result.output
     for keyword in ("PatientName", "PatientID", "PatientBirthDate"):
         value = str(source.get(keyword, "") or "")
         assert not value or value not in text
@@ -111,10 +112,11 @@ def test_dicom_seg_references_the_source_series(trained_models: Path, real_data:
     result = api.predict(task=FIXTURE_TASK, input=source, output=tmp_path / "out", models_dir=trained_models,
                          device="cpu", output_type="dicom-seg")
     assert result.ok, [r.error for r in result.results]
-    labels = sitk.ReadImage(str(tmp_path / "out" / "series.nii.gz"))
+    labels = sitk.ReadImage(str(tmp_path / "out" / "series_CT_Body_3.0.nii.gz"))
     _assert_same_grid(labels, _series_image(source))
-    assert json.loads((tmp_path / "out" / "series.json").read_text())["dicom"]["series_instance_uid"] == series_uid
-    seg = hd.seg.segread(tmp_path / "out" / "series.seg.dcm")
+    sidecar = json.loads((tmp_path / "out" / "series_CT_Body_3.0.json").read_text())
+    assert sidecar["dicom"]["series_instance_uid"] == series_uid
+    seg = hd.seg.segread(tmp_path / "out" / "series_CT_Body_3.0.seg.dcm")
     assert seg.StudyInstanceUID == study and seg.SeriesInstanceUID != series_uid
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == series_uid
     referenced = {i.ReferencedSOPInstanceUID for i in seg.ReferencedSeriesSequence[0].ReferencedInstanceSequence}

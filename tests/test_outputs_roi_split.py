@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import os
+import time
+
 from pathlib import Path
 
 import numpy as np
@@ -70,7 +73,9 @@ def test_split_masks_are_binary_on_the_label_grid(tmp_path: Path) -> None:
     labels = np.zeros((4, 5, 6), dtype=np.uint8)
     labels[0, 1:3, :], labels[3, :, 2] = 1, 3
     (tmp_path / "c1").mkdir()
-    (tmp_path / "c1" / ".sacrum.tmp-0123456789ab.nii.gz").write_bytes(b"stale")
+    stale = tmp_path / "c1" / ".sacrum.tmp-0123456789ab.nii.gz"  # an older autoorgan's, untouched for long
+    stale.write_bytes(b"stale")
+    os.utime(stale, (time.time() - 2 * 86400,) * 2)
     ctx = _context(tmp_path, labels)
     SplitMasksStep()(ctx)
     assert sorted(p.name for p in (tmp_path / "c1").iterdir()) == ["hip_left.nii.gz", "hip_right.nii.gz",

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 import zipfile
 from pathlib import Path
 
@@ -117,6 +119,7 @@ def test_continue_recomputes_only_what_is_missing(trained_models: Path, tmp_path
     (out / "c.nii.gz").unlink()
     (out / "c.json").unlink()
     (out / ".c.tmp-deadbeef.nii.gz").write_bytes(b"\x1f\x8b truncated")
+    os.utime(out / ".c.tmp-deadbeef.nii.gz", (time.time() - 2 * 86400,) * 2)  # an older autoorgan's, long ago
     again = api.predict(task=FIXTURE_TASK, input=tmp_path / "in", output=out, models_dir=trained_models,
                         device="cpu", resume=True)
     assert {r.case_id: r.status for r in again.results} == {"a": "skipped", "b": "done", "c": "done"}

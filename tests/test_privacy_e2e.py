@@ -4,7 +4,8 @@ A batch of DICOM series carrying distinctive identifying values (patient name, I
 institution, accession number, referring physician) runs through the CLI with debug logging, on a
 success path and on failure paths (an unreadable series, a refused single-slice series), with
 statistics, preview, DICOM SEG, the overview page, run records and failure records. Every output
-file and all console/log text is then searched for those values.
+file and all console/log text is then searched for those values. The same holds for a
+``--task all`` run (seven models, one whole-body label map, each task's own map kept).
 
 DICOM SEG objects are the one exception, by the DICOM standard: a Segmentation IOD includes the
 Patient and General Study modules of the images it segments (it belongs to the same patient and
@@ -23,12 +24,15 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pydicom
 import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
 from autoorgan.cli import app
+from autoorgan.demo import demo_models_dir, demo_phantom
+from autoorgan.whole_body import whole_body_table
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -60,7 +64,12 @@ def _identified_copy(sources: list[Path], target: Path) -> list[Path]:
 
 def _phantom_series(target: Path, seed: int) -> None:
     """A pelvis phantom written as a CT DICOM series (SimpleITK/GDCM) carrying the identifiers."""
-    image = sitk.Cast(pelvis_phantom(seed).ct, sitk.sitkInt16)
+    _dicom_series(target, pelvis_phantom(seed).ct)
+
+
+def _dicom_series(target: Path, ct: sitk.Image) -> None:
+    """``ct`` written as a CT DICOM series (SimpleITK/GDCM) carrying the identifiers."""
+    image = sitk.Cast(ct, sitk.sitkInt16)
     d = image.GetDirection()
     tags = {
         "0008|0060": "CT", "0008|103e": "phantom", "0020|000d": generate_uid(), "0020|000e": generate_uid(),
@@ -100,51 +109,139 @@ def _file_leaks(path: Path) -> list[str]:
     return found
 
 
+def _add_bad_series(real_data: Path, inputs: Path) -> None:
+    """Two series carrying the identifiers that fail: an unreadable real series (pixel data cut
+    off), a real single slice."""
+    broken = _identified_copy(sorted((real_data / "dcmqi_ct3slice" / "dicom").iterdir()), inputs / "broken")
+    data = broken[1].read_bytes()
+    broken[1].write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
+    _identified_copy([real_data / "pydicom_edge" / "CT_small.dcm"], inputs / "single")
+
+
 @pytest.fixture
 def identified_batch(real_data: Path, tmp_path: Path) -> Path:
     """Three series carrying the identifiers: a readable phantom, an unreadable real series (pixel
     data cut off), a real single slice."""
     inputs = tmp_path / "in"
     _phantom_series(inputs / "good", 7)
-    broken = _identified_copy(sorted((real_data / "dcmqi_ct3slice" / "dicom").iterdir()), inputs / "broken")
-    data = broken[1].read_bytes()
-    broken[1].write_bytes(data[: len(data) // 2])  # the header reads, the pixels do not
-    _identified_copy([real_data / "pydicom_edge" / "CT_small.dcm"], inputs / "single")
+    _add_bad_series(real_data, inputs)
     return inputs
 
 
-def test_no_identifiers_in_outputs_logs_or_errors(identified_batch: Path, trained_models: Path,
-                                                  tmp_path: Path) -> None:
-    out = tmp_path / "out"
-    command = [sys.executable, "-m", "autoorgan", "-v", "predict", "--task", FIXTURE_TASK, "-i", str(identified_batch),
-               "-o", str(out), "--models-dir", str(trained_models), "--device", "cpu", "--statistics", "--preview",
-               "--output-type", "dicom-seg"]
+def _run_debug(arguments: list[str]) -> subprocess.CompletedProcess:
+    """``autoorgan -v ARGUMENTS`` in a child process (debug logging on), its output captured."""
+    command = [sys.executable, "-m", "autoorgan", "-v", *arguments]
     env = {**os.environ, "COLUMNS": "200", "OMP_NUM_THREADS": "1"}
-    proc = subprocess.run(command, check=False, capture_output=True, text=True, encoding="utf-8", env=env, timeout=600)
-    assert proc.returncode == 1, proc.stderr[-3000:]
-    console = proc.stdout + proc.stderr
-    assert "DEBUG" in console  # debug logging was on
-    # The batch went as expected: one series done, two failed with their own reasons.
-    sidecars = [p for p in out.glob("*.json") if not p.name.endswith((".stats.json", ".error.json"))
-                and not p.name.startswith("autoorgan_run")]
-    assert [json.loads(p.read_text())["input"] for p in sidecars] == ["good"]
+    proc = subprocess.run(command, check=False, capture_output=True, text=True, encoding="utf-8", env=env, timeout=900)
+    assert "DEBUG" in proc.stdout + proc.stderr  # debug logging was on
+    return proc
+
+
+def _sidecars(out: Path) -> list[Path]:
+    """The label maps' sidecars in ``out``."""
+    return [p for p in out.glob("*.json") if not p.name.endswith((".stats.json", ".error.json"))
+            and not p.name.startswith("autoorgan_run")]
+
+
+def _assert_batch_went_as_planned(out: Path) -> None:
+    """One series done, the two bad ones failed with their own reasons."""
+    assert [json.loads(p.read_text())["input"] for p in _sidecars(out)] == ["good"]
     failures = {json.loads(p.read_text())["case_id"]: json.loads(p.read_text())["error"]
                 for p in out.glob("*.error.json")}
     assert len(failures) == 2
     assert any("single slice" in error for error in failures.values()), failures
     assert any(case.startswith("broken") for case in failures), failures
+
+
+def _leaks_outside_dicom_seg(out: Path, console: str) -> dict[str, list[str]]:
+    """The identifiers found in any file of ``out`` but DICOM SEG objects, and in ``console``."""
+    files = [p for p in out.rglob("*") if p.is_file()]
+    leaks = {str(p.relative_to(out)): found for p in files if p.suffix != ".dcm" and (found := _file_leaks(p))}
+    if found := _leaks(console.encode()):
+        leaks["console"] = found
+    return leaks
+
+
+def test_no_identifiers_in_outputs_logs_or_errors(identified_batch: Path, trained_models: Path,
+                                                  tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    proc = _run_debug(["predict", "--task", FIXTURE_TASK, "-i", str(identified_batch), "-o", str(out),
+                       "--models-dir", str(trained_models), "--device", "cpu", "--statistics", "--preview",
+                       "--output-type", "dicom-seg"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    _assert_batch_went_as_planned(out)
     seg = next(out.glob("*.seg.dcm"))
     files = [p for p in out.rglob("*") if p.is_file()]
     kinds = {p.name.split(".", 1)[1] if "." in p.name else p.name for p in files}
     assert {"nii.gz", "json", "stats.json", "png", "error.json", "html", "csv", "seg.dcm"} <= kinds, kinds
     assert any(p.name.startswith("autoorgan_run") for p in files)
     # Nothing outside the DICOM SEG names the patient, nor does anything printed or logged.
-    leaks = {str(p.relative_to(out)): found for p in files if p.suffix != ".dcm" and (found := _file_leaks(p))}
-    assert leaks == {}
-    assert _leaks(console.encode()) == []
+    assert _leaks_outside_dicom_seg(out, proc.stdout + proc.stderr) == {}
     # The SEG carries the patient module, as the standard requires.
     seg_ds = pydicom.dcmread(seg, stop_before_pixels=True)
     assert str(seg_ds.PatientName) == IDENTIFIERS["PatientName"] and seg_ds.PatientID == IDENTIFIERS["PatientID"]
+
+
+#: The seven tasks of ``--task all``, each cut down to three of its structures, so that one tiny
+#: real model (a copy of the shipped demo model, its ``dataset.json`` renamed) serves each.
+ALL_TASKS_CUT_DOWN = {
+    "skeleton": ("skull", "vertebrae", "rib"),
+    "vertebrae": ("vertebrae_L3", "vertebrae_L4", "vertebrae_L5"),
+    "ribs": ("rib_left_11", "rib_right_11", "rib_left_12"),
+    "upper_limb": ("humerus_left", "humerus_right", "radius_left"),
+    "hip": ("hip_left", "hip_right", "sacrum"),
+    "lower_limb": ("femur_left", "femur_right", "patella_left"),
+    "organs": ("spleen", "kidney_right", "kidney_left"),
+}
+
+
+def _demo_models_for_all(base: Path) -> tuple[Path, Path]:
+    """A models folder and a task file under which ``--task all`` runs seven copies of the demo
+    model, one per task."""
+    source = demo_models_dir() / "Dataset990_DemoPelvis"
+    tasks = {}
+    for i, (task, names) in enumerate(ALL_TASKS_CUT_DOWN.items()):
+        dataset_id = 981 + i
+        folder = base / "models" / f"Dataset{dataset_id}_Privacy{task.title().replace('_', '')}"
+        shutil.copytree(source, folder)
+        for dataset_json in folder.rglob("dataset.json"):
+            data = json.loads(dataset_json.read_text(encoding="utf-8"))
+            data["labels"] = {"background": 0, **{name: v for v, name in enumerate(names, start=1)}}
+            data["autoorgan"]["task"] = task
+            dataset_json.write_text(json.dumps(data), encoding="utf-8")
+        tasks[task] = {"dataset_id": dataset_id, "labels": {str(v): name for v, name in enumerate(names, start=1)}}
+    tasks["skeleton"]["subdivisions"] = {"2": "vertebrae", "3": "ribs"}
+    tasks_file = base / "tasks.json"
+    tasks_file.write_text(json.dumps({"tasks": tasks}), encoding="utf-8")
+    return base / "models", tasks_file
+
+
+def test_no_identifiers_in_a_task_all_run(real_data: Path, tmp_path: Path) -> None:
+    """``--task all``: seven models, one whole-body label map, each task's own map kept,
+    statistics, preview, SEG, overview, run record, failure records, console."""
+    models, tasks_file = _demo_models_for_all(tmp_path / "demo_all")
+    inputs = tmp_path / "in"
+    _dicom_series(inputs / "good", demo_phantom(11).ct)
+    _add_bad_series(real_data, inputs)
+    out = tmp_path / "out"
+    proc = _run_debug(["predict", "--task", "all", "-i", str(inputs), "-o", str(out), "--models-dir", str(models),
+                       "--tasks-file", str(tasks_file), "--device", "cpu", "--statistics", "--preview",
+                       "--output-type", "dicom-seg", "--keep-task-maps"])
+    assert proc.returncode == 1, proc.stderr[-3000:]
+    _assert_batch_went_as_planned(out)
+    (sidecar,) = _sidecars(out)
+    case = sidecar.name.removesuffix(".json")
+    assert json.loads(sidecar.read_text())["task"] == "all"
+    assert sorted(p.name for p in (out / case).iterdir()) == sorted(f"{t}.nii.gz" for t in ALL_TASKS_CUT_DOWN)
+    table = whole_body_table()
+    allowed = {table.value_of(name) for names in ALL_TASKS_CUT_DOWN.values() for name in names}
+    written = set(np.unique(sitk.GetArrayFromImage(sitk.ReadImage(str(out / f"{case}.nii.gz"))))) - {0}
+    assert written and written <= allowed, written  # the merged whole-body map, in whole-body values
+    files = [p for p in out.rglob("*") if p.is_file()]
+    kinds = {p.name.split(".", 1)[1] if "." in p.name else p.name for p in files}
+    assert {"nii.gz", "json", "stats.json", "png", "error.json", "html", "csv", "seg.dcm"} <= kinds, kinds
+    assert any(p.name.startswith("autoorgan_run") for p in files)
+    assert _leaks_outside_dicom_seg(out, proc.stdout + proc.stderr) == {}
 
 
 def test_typer_never_shows_local_variables() -> None:

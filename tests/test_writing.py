@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import json
+import os
+import time
 from pathlib import Path
 
 import numpy as np
@@ -10,8 +12,16 @@ import pytest
 import SimpleITK as sitk
 
 from autoorgan.errors import OutputError
-from autoorgan.io.writing import atomic_path, leftover_temporaries, temporary_sibling, write_image, write_json
-from autoorgan.outputs import CaseOutputs
+from autoorgan.io.writing import (
+    ABANDONED_AFTER_SECONDS,
+    atomic_path,
+    file_digest,
+    leftover_temporaries,
+    temporary_sibling,
+    write_image,
+    write_json,
+)
+from autoorgan.outputs import LABEL_SHA256_KEY, LABEL_SIZE_KEY, CaseOutputs
 
 
 def test_temporary_keeps_the_image_ending_and_is_hidden(tmp_path: Path) -> None:
@@ -48,6 +58,8 @@ def test_leftovers_are_found_per_case(tmp_path: Path) -> None:
     for name in (".a.tmp-123.nii.gz", ".a.tmp-9.json", ".ab.tmp-1.nii.gz", ".a[1].tmp-2.json", "a.nii.gz",
                  ".a.stats.tmp-5.json", ".a.b.tmp-6.nii.gz"):
         (tmp_path / name).write_text("x")
+        old = time.time() - ABANDONED_AFTER_SECONDS - 60  # no owner in the name: removed only when old
+        os.utime(tmp_path / name, (old, old))
     assert [p.name for p in leftover_temporaries(tmp_path, "a")] == [".a.tmp-123.nii.gz", ".a.tmp-9.json"]
     assert [p.name for p in leftover_temporaries(tmp_path, "a[1]")] == [".a[1].tmp-2.json"]
     assert CaseOutputs(tmp_path, "a").remove_leftovers() == 3  # its label map, sidecar and statistics
@@ -63,6 +75,10 @@ def test_completeness_needs_label_map_and_matching_sidecar(tmp_path: Path) -> No
     out.sidecar.write_text("{trunc")
     assert not out.is_complete("ribs", 998)
     out.sidecar.write_text(json.dumps({"task": "ribs", "dataset_id": 998}))
+    assert not out.is_complete("ribs", 998)  # no checksum: cannot tell it is this label map's sidecar
+    digest = file_digest(out.label_map)
+    out.sidecar.write_text(json.dumps({"task": "ribs", "dataset_id": 998, "label_map": "c.nii.gz",
+                                       LABEL_SHA256_KEY: digest.sha256, LABEL_SIZE_KEY: digest.size}))
     assert out.is_complete("ribs", 998)
     assert not out.is_complete("ribs", 888)
     assert not out.is_complete("organs", 998)

@@ -67,6 +67,7 @@ def predict(
     cascade: bool = True,
     cascade_margin: float | None = None,
     keep_task_maps: bool = False,
+    max_archive_size: float | None = None,
 ) -> BatchResult:
     """Segment every CT of ``input`` (a file or a folder) with the model of ``task``.
 
@@ -133,6 +134,10 @@ def predict(
         task among them, subdivision models run on their coarse class's box plus a margin
         (``cascade_margin`` mm instead of half a patch) unless ``cascade`` is off;
         ``keep_task_maps`` also writes ``OUTPUT/<case>/<task>.nii.gz`` in each task's own values.
+    max_archive_size:
+        Cap (GB) on what one DICOM series of a ``.zip`` may inflate to, each member and all
+        together (default :data:`autoorgan.io.dicom.DEFAULT_MAX_ARCHIVE_GB`); a series over it,
+        or inflating like a zip bomb, fails that case.
 
     Returns
     -------
@@ -140,6 +145,9 @@ def predict(
         One :class:`~autoorgan.pipeline.CaseResult` per case of this shard.
     """
     check_shard(part_id, num_parts)
+    from autoorgan.io.dicom import set_max_archive_size
+
+    set_max_archive_size(max_archive_size)
     from autoorgan.speed import resolve_speed
 
     speed = resolve_speed(fast=fast, step_size=step_size, tta=tta, crop_body=crop_body, export=export)
@@ -205,7 +213,27 @@ def predict(
     _add_output_steps(job, output_steps)
     # --continue: a case repaired (or not) differently is not complete for this run.
     job.output_options = {**job.output_options, "postprocess": bool(repair_steps)}
+    # --continue: nor is one made by another model or with other prediction settings.
+    job.made_with = {"model": model_identity(the_task, location), "prediction": speed.as_dict()}
     return job.run()
+
+
+def model_identity(task: Task, location: Any) -> dict[str, Any]:
+    """What identifies the model that makes a task's labels, for the sidecar's ``made_with``: the
+    nnU-Net dataset, trainer, plans, configuration and fold, and the SHA-256 of the checkpoint and of
+    ``plans.json`` (a retrained or edited model is another model). Each file is hashed once per run
+    (:func:`autoorgan.report.run_record.sha256_file` remembers it)."""
+    from autoorgan.report.run_record import sha256_file
+
+    try:
+        checkpoint = sha256_file(location.checkpoint)
+        plans = sha256_file(location.folder / "plans.json")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the model of task '{task.name}' in {location.folder}: "
+                             f"{exc.strerror or exc}") from None
+    return {"dataset_id": task.dataset_id, "trainer": task.trainer, "plans": task.plans,
+            "configuration": task.configuration, "fold": str(task.fold), "checkpoint_sha256": checkpoint,
+            "plans_sha256": plans}
 
 
 def load_segmenter(location: Any, task: Task, torch_device: object, speed: Any, *,
@@ -294,8 +322,11 @@ def _report_steps(task: Task, cases: Sequence[Case], checkpoint: Path | Sequence
     finalizers.append(recorder)
     if statistics:
         finalizers.append(steps.StatisticsTable())
-    finalizers.append(steps.IndexPage(task, recorder))
-    return {"extra_outputs": case_steps, "finalizers": finalizers, "abort_steps": [recorder]}
+    index = steps.IndexPage(task, recorder)
+    finalizers.append(index)
+    # An aborted batch (interrupted, output error, model that cannot load) still gets its run record
+    # (status "aborted") and the overview of what is done.
+    return {"extra_outputs": case_steps, "finalizers": finalizers, "abort_steps": [recorder, index]}
 
 
 def _device(device: str) -> object:
@@ -354,12 +385,21 @@ def task_labels(*, task: str, tasks_file: PathLike | None = None) -> dict[int, s
 
 def install_weights(
     *, archive: PathLike, models_dir: PathLike | None = None, tasks_file: PathLike | None = None,
-    force: bool = False, sha256: str | None = None,
+    force: bool = False, sha256: str | None = None, trust_checkpoint: bool = False,
+    max_size_gb: float | None = None, max_ratio: float | None = None,
 ) -> list[InstalledModel]:
-    """Install an nnU-Net model zip into the models folder (see :func:`autoorgan.models.install_weights`)."""
+    """Install an nnU-Net model zip into the models folder (see :func:`autoorgan.models.install_weights`).
+
+    ``trust_checkpoint`` skips the checks that its checkpoints and plans run no code;
+    ``max_size_gb`` / ``max_ratio`` raise the caps on the unpacked size (``None``: the defaults).
+    """
+    from autoorgan.models import DEFAULT_MAX_RATIO, DEFAULT_MAX_SIZE_GB
+
     registry = load_registry(tasks_file)
     return _install_weights(Path(archive), resolve_models_dir(models_dir), registry=registry, force=force,
-                            sha256=sha256)
+                            sha256=sha256, trust_checkpoint=trust_checkpoint,
+                            max_size_gb=DEFAULT_MAX_SIZE_GB if max_size_gb is None else max_size_gb,
+                            max_ratio=DEFAULT_MAX_RATIO if max_ratio is None else max_ratio)
 
 
 def resolve_work_dir(work_dir: PathLike | None) -> Path:

@@ -277,7 +277,7 @@ class MultiTaskSegmenter:
             "models": models,
             "labels": {str(v): n for v, n in self.table.labels_of_tasks(names).items()},
             "label_map": out.label_map.name,
-            "input": case.path.name,
+            "input": case.name,
             "input_orientation": orientation,
             "cascade": {
                 "enabled": bool(self._boxes_from()),
@@ -304,18 +304,18 @@ class TaskMapsStep:
     def __call__(self, ctx: Any) -> None:
         from autoorgan.errors import OutputError
         from autoorgan.io.image import image_from_array
-        from autoorgan.io.writing import write_image
+        from autoorgan.io.writing import all_temporaries, remove_abandoned, write_image
+        from autoorgan.safe_paths import path_inside
 
-        folder = ctx.outputs.folder / ctx.case.case_id
+        folder = path_inside(ctx.outputs.folder, ctx.case.case_id)
         try:
             folder.mkdir(parents=True, exist_ok=True)
         except OSError as exc:
             raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
-        for stale in folder.glob(".*.tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
+        remove_abandoned(all_temporaries(folder))  # left by a killed run; a live run's are kept
         written = {}
         for name, labels in ctx.artifacts.get("task_maps", {}).items():
-            path = folder / f"{name}{self.suffix}"
+            path = path_inside(ctx.outputs.folder, ctx.case.case_id, f"{name}{self.suffix}")
             write_image(image_from_array(labels, ctx.volume.geometry), path)
             written[name] = f"{ctx.case.case_id}/{path.name}"
         ctx.sidecar["task_maps"] = written

@@ -16,11 +16,10 @@ from typing import TYPE_CHECKING, Annotated, NoReturn
 
 import typer
 from rich.console import Console
-from rich.logging import RichHandler
-from rich.markup import escape
 from rich.table import Table
 
 from autoorgan import __version__
+from autoorgan.cli_text import SafeRichHandler, terminal_safe
 from autoorgan.errors import AutoOrganError
 
 if TYPE_CHECKING:
@@ -34,8 +33,9 @@ app = typer.Typer(
     pretty_exceptions_show_locals=False,
     rich_markup_mode="rich",
 )
-console = Console(stderr=True)
-out = Console()
+#: No emoji codes: a case named ``a:warning:`` prints as written (user text goes through terminal_safe).
+console = Console(stderr=True, emoji=False)
+out = Console(emoji=False)
 
 # ---------------------------------------------------------------------------------------------
 # Options shared by several commands
@@ -55,7 +55,7 @@ ModelsDirOpt = Annotated[Path | None, typer.Option(
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
-    console.print(f"[bold red]error:[/] {escape(message)}", highlight=False, markup=True, soft_wrap=True)
+    console.print(f"[bold red]error:[/] {terminal_safe(message)}", highlight=False, markup=True, soft_wrap=True)
     raise typer.Exit(code)
 
 
@@ -65,8 +65,11 @@ def _run(fn, *args, **kwargs):  # type: ignore[no-untyped-def]
         return fn(*args, **kwargs)
     except AutoOrganError as exc:
         _fail(str(exc), exc.exit_code)
-    except KeyboardInterrupt:
-        _fail("interrupted", 130)
+    except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM inside signals_as_interrupts()
+        from autoorgan.interrupts import exit_code_of
+
+        _fail(f"{exc or 'interrupted'}; finished cases are kept (run again with --continue for the rest)",
+              exit_code_of(exc))
 
 
 def _version_callback(value: bool) -> None:
@@ -89,7 +92,7 @@ def _main(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(message)s",
         datefmt="[%X]",
-        handlers=[RichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)],
+        handlers=[SafeRichHandler(console=console, show_path=False, rich_tracebacks=False, markup=False)],
         force=True,
     )
     if not verbose:
@@ -182,6 +185,10 @@ def predict(
                                                          show_default=False)] = None,
     keep_task_maps: Annotated[bool, typer.Option("--keep-task-maps", help="Several tasks: also write each "
                                                  "task's own map, <case>/<task>.nii.gz.")] = False,
+    max_archive_size: Annotated[float | None, typer.Option("--max-archive-size", help="Largest size (GB) one DICOM "
+                                                           "series in a .zip may inflate to (default 16); a "
+                                                           "zip over it fails its case.",
+                                                           show_default=False)] = None,
     quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display; errors and the "
                                         "summary only.")] = False,
 ) -> None:
@@ -200,6 +207,7 @@ def predict(
     """
     from autoorgan import api
     from autoorgan.cli_progress import RichProgress
+    from autoorgan.interrupts import signals_as_interrupts
 
     fold_value: int | str | None = None
     if fold is not None:
@@ -218,16 +226,17 @@ def predict(
             plans=plans, step_size=step_size, fast=fast, tta=tta, crop_body=crop_body, export=export,
             statistics=statistics, preview=preview,
             trust_checkpoint=trust_checkpoint, postprocess=postprocess, output_type=output_type, split=split,
-            split_only=split_only, roi_subset=roi_subset)
-        code = _run(predict_multi, console, predict_args=forwarded, input=input, output=output, devices=devices,
-                    workers=workers, device=device, quiet=quiet)
+            split_only=split_only, roi_subset=roi_subset, max_archive_size=max_archive_size)
+        with signals_as_interrupts():  # SIGTERM/Ctrl-C stop the workers too, then exit 143/130
+            code = _run(predict_multi, console, predict_args=forwarded, input=input, output=output,
+                        devices=devices, workers=workers, device=device, quiet=quiet)
         raise typer.Exit(code)
     import os
 
     from autoorgan.sharding import resolve_shard
 
     part, parts = _run(resolve_shard, part_id, num_parts, os.environ)
-    with RichProgress(console, enabled=not quiet) as listener:
+    with signals_as_interrupts(), RichProgress(console, enabled=not quiet) as listener:
         result = _run(
             api.predict, task=",".join(task), input=input, output=output, models_dir=models_dir, tasks_file=tasks_file,
             dataset_id=dataset_id, trainer=trainer, fold=fold_value, configuration=configuration, plans=plans,
@@ -236,6 +245,7 @@ def predict(
             listener=listener, skip_failed=skip_failed, statistics=statistics, preview=preview,
             postprocess=postprocess, output_type=output_type, split=split, split_only=split_only,
             roi_subset=roi_subset, cascade=cascade, cascade_margin=cascade_margin, keep_task_maps=keep_task_maps,
+            max_archive_size=max_archive_size,
         )
     _print_summary(result, output)
     if not result.ok:
@@ -264,7 +274,7 @@ def _forwarded_predict_args(**opts: object) -> list[str]:
     if opts.get("output_type") not in (None, "nifti"):
         args += ["--output-type", str(opts["output_type"])]
     for name in ("models_dir", "tasks_file", "dataset_id", "trainer", "fold", "configuration", "plans",
-                 "roi_subset", "cascade_margin"):
+                 "roi_subset", "cascade_margin", "max_archive_size"):
         if opts.get(name) is not None:
             args += [f"--{name.replace('_', '-')}", str(opts[name])]
     return args
@@ -279,12 +289,12 @@ def _int_option(name: str, value: str) -> int:
 
 def _print_summary(result: BatchResult, output: Path) -> None:
     done, skipped, failed = result.count("done"), result.count("skipped"), result.count("failed")
-    line = f"{done} done, {skipped} already complete, {failed} failed → {output}"
+    line = f"{done} done, {skipped} already complete, {failed} failed → {terminal_safe(output)}"
     console.print(("[green]" if not failed else "[red]") + line + "[/]", highlight=False)
     for r in result.failed:
         error = r.error or "unknown error"
         what = error if error.startswith(r.case_id) else f"{r.case_id}: {error}"
-        console.print(f"  [red]failed[/] {escape(what)}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"  [red]failed[/] {terminal_safe(what)}", highlight=False, markup=True, soft_wrap=True)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -307,8 +317,9 @@ def tasks(
     table.add_column("model")
     table.add_column("description")
     for s in statuses:
-        where = f"[green]installed[/] {s.model_folder}" if s.installed else "[dim]not installed[/]"
-        table.add_row(s.task.name, str(s.task.dataset_id), str(len(s.task.labels)), where, s.task.description)
+        where = f"[green]installed[/] {terminal_safe(s.model_folder)}" if s.installed else "[dim]not installed[/]"
+        table.add_row(s.task.name, str(s.task.dataset_id), str(len(s.task.labels)), where,
+                      terminal_safe(s.task.description))
     out.print(table, soft_wrap=True)
 
 
@@ -325,11 +336,11 @@ def labels(
     if as_json:
         sys.stdout.write(json.dumps({str(k): v for k, v in table_data.items()}, indent=2) + "\n")
         return
-    table = Table(title=f"labels of {task}")
+    table = Table(title=f"labels of {terminal_safe(task)}")
     table.add_column("value", justify="right")
     table.add_column("structure")
     for value, name in table_data.items():
-        table.add_row(str(value), name)
+        table.add_row(str(value), terminal_safe(name))
     out.print(table)
 
 
@@ -342,20 +353,31 @@ def install_weights(
     force: Annotated[bool, typer.Option("--force", help="Replace an installed model.")] = False,
     sha256: Annotated[str | None, typer.Option("--sha256", help="Expected SHA-256 of the archive; refused if "
                                                "it differs.", show_default=False)] = None,
+    trust_checkpoint: Annotated[bool, typer.Option("--trust-checkpoint", help="Install even if a checkpoint "
+                                                   "needs code to load or plans.json names code outside "
+                                                   "nnU-Net (only for archives you trust).")] = False,
+    max_size: Annotated[float | None, typer.Option("--max-size", metavar="GB", help="Refuse an archive that "
+                                                   "unpacks to more than this many GB (default 20).",
+                                                   show_default=False)] = None,
+    max_ratio: Annotated[float | None, typer.Option("--max-ratio", help="Refuse a member that unpacks to more "
+                                                    "than this many times its packed size (zip bombs) "
+                                                    "(default 100).", show_default=False)] = None,
 ) -> None:
     """Install a model archive into the models folder and say which task it serves."""
     from autoorgan import api
 
     installed = _run(api.install_weights, archive=archive, models_dir=models_dir, tasks_file=tasks_file,
-                     force=force, sha256=sha256)
+                     force=force, sha256=sha256, trust_checkpoint=trust_checkpoint, max_size_gb=max_size,
+                     max_ratio=max_ratio)
     for model in installed:
-        out.print(f"installed {model.folder} (folds {', '.join(model.folds)})", highlight=False)
+        out.print(terminal_safe(f"installed {model.folder} (folds {', '.join(model.folds)})"), highlight=False)
         if not model.tasks:
             out.print(f"  [yellow]no task uses dataset {model.dataset_id} with this trainer/plans/configuration;"
                       " add one with --tasks-file[/]", highlight=False)
         for name in model.tasks:
             note = model.label_notes.get(name)
-            verdict = "labels match the task table" if note is None else f"[yellow]labels differ: {note}[/]"
+            verdict = ("labels match the task table" if note is None
+                       else f"[yellow]labels differ: {terminal_safe(note)}[/]")
             out.print(f"  serves task '{name}': {verdict}", highlight=False)
 
 
@@ -459,7 +481,7 @@ def train(
             device=device, epochs=epochs, iterations_per_epoch=iterations_per_epoch, initial_lr=initial_lr,
             resume=resume, plans_override=override, augmentation_workers=augmentation_workers, seed=seed,
         )
-    console.print(f"[green]trained[/] {folder}", highlight=False, soft_wrap=True)
+    console.print(f"[green]trained[/] {terminal_safe(folder)}", highlight=False, soft_wrap=True)
 
 
 def _read_plans_override(path: Path) -> dict[str, object]:
@@ -498,8 +520,8 @@ def export_weights(
     archive = _run(api.export_weights, task=task, output=output, models_dir=models_dir, tasks_file=tasks_file,
                    dataset_id=dataset_id, trainer=trainer, fold=fold_value, configuration=configuration, plans=plans)
     size = archive.stat().st_size / 1e6
-    out.print(f"exported {archive} ({size:.1f} MB); install with: autoorgan install-weights {archive.name}",
-              highlight=False, soft_wrap=True)
+    out.print(terminal_safe(f"exported {archive} ({size:.1f} MB); install with: autoorgan install-weights "
+                            f"{archive.name}"), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -524,10 +546,10 @@ def demo(
     result = _run(run_demo, output=output, device=device, seed=seed)
     out.print(demo_table(result.dice))
     out.print(f"mean Dice {result.mean_dice:.3f} in {result.seconds:.1f} s", highlight=False)
-    out.print(f"CT {result.ct}\ntruth {result.truth}\nsegmentation {result.label_map}", highlight=False,
-              soft_wrap=True)
+    for what, path in (("CT", result.ct), ("truth", result.truth), ("segmentation", result.label_map)):
+        out.print(f"{what} {terminal_safe(path)}", highlight=False, soft_wrap=True)
     for extra in result.extra_files:
-        out.print(f"{extra}", highlight=False, soft_wrap=True)
+        out.print(terminal_safe(extra), highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -567,9 +589,11 @@ def repair(
     for r in results:
         if r.ok:
             detail = ", ".join(f"{s['step']} {s['changed_voxels']}" for s in r.steps)
-            out.print(f"{r.case_id}: {r.changed_voxels} voxel(s) changed ({detail}) → {r.output}", highlight=False)
+            out.print(terminal_safe(f"{r.case_id}: {r.changed_voxels} voxel(s) changed ({detail}) → {r.output}"),
+                      highlight=False)
     for r in failed:
-        console.print(f"  [red]failed[/] {r.case_id}: {r.error}", highlight=False, markup=True, soft_wrap=True)
+        console.print(f"  [red]failed[/] {terminal_safe(f'{r.case_id}: {r.error}')}", highlight=False, markup=True,
+                      soft_wrap=True)
     if failed:
         raise typer.Exit(1)
 

@@ -6,10 +6,10 @@ import os
 from pathlib import Path
 
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoorgan.cli_text import terminal_safe
 from autoorgan.launcher import FolderProgress, WorkerOutcome, parse_devices, plan_workers, run_workers
 from autoorgan.status import BatchStatus
 
@@ -40,12 +40,12 @@ def _report(console: Console, outcomes: list[WorkerOutcome], done: int, failed: 
     bad = [o for o in outcomes if not o.ok]
     colour = "green" if not bad and done == total else "red"
     console.print(f"[{colour}]{done} of {total} done, {failed} failed, {len(outcomes) - len(bad)} of "
-                  f"{len(outcomes)} worker(s) succeeded → {output}[/]", highlight=False)
+                  f"{len(outcomes)} worker(s) succeeded → {terminal_safe(output)}[/]", highlight=False)
     for o in bad:
         why = f"killed by signal {-o.returncode}" if o.returncode < 0 else f"exit code {o.returncode}"
-        console.print(f"  [red]{o.spec.label} failed ({why})[/]", highlight=False)
+        console.print(f"  [red]{terminal_safe(o.spec.label)} failed ({why})[/]", highlight=False)
         for line in o.tail[-3:]:
-            console.print(f"    {line}", highlight=False, markup=False, soft_wrap=True)
+            console.print(f"    {terminal_safe(line, markup=False)}", highlight=False, markup=False, soft_wrap=True)
 
 
 def print_status(console: Console, out: Console, status: BatchStatus, *, show_cases: bool) -> None:
@@ -61,8 +61,8 @@ def print_status(console: Console, out: Console, status: BatchStatus, *, show_ca
     for c in status.cases:
         if show_cases or c.state != "done":
             colour = {"done": "green", "failed": "red", "missing": "yellow"}[c.state]
-            line = f"[{colour}]{c.state:7}[/] part {c.shard}  {escape(c.case_id)}"
-            out.print(line + (f": {escape(c.error)}" if c.error else ""), highlight=False, soft_wrap=True)
+            line = f"[{colour}]{c.state:7}[/] part {c.shard}  {terminal_safe(c.case_id)}"
+            out.print(line + (f": {terminal_safe(c.error)}" if c.error else ""), highlight=False, soft_wrap=True)
     summary = "complete" if status.complete else "incomplete"
     console.print(f"[{'green' if status.complete else 'red'}]{summary}: {status.count('done')} done, "
                   f"{status.count('failed')} failed, {status.count('missing')} missing[/]", highlight=False)

@@ -1,4 +1,7 @@
-"""Rich progress display for batch runs (used by the CLI only; the library just emits events)."""
+"""Rich progress display for batch runs (used by the CLI only; the library just emits events).
+
+Case ids come from file names: they are shown through :func:`~autoorgan.cli_text.terminal_safe`.
+"""
 
 from __future__ import annotations
 
@@ -7,6 +10,7 @@ from types import TracebackType
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
+from autoorgan.cli_text import terminal_safe
 from autoorgan.pipeline import CaseResult, ProgressListener
 
 
@@ -41,12 +45,13 @@ class RichProgress(ProgressListener):
                               description=f"cases ({total - to_do} already complete)" if to_do < total else "cases")
 
     def case_started(self, case_id: str) -> None:
-        self._progress.update(self._case, description=f"{case_id}: starting", visible=True)
+        self._progress.update(self._case, description=f"{terminal_safe(case_id)}: starting", visible=True)
 
     def case_stage(self, case_id: str, stage: str) -> None:
-        self._progress.update(self._case, description=f"{case_id}: {stage}")
+        self._progress.update(self._case, description=f"{terminal_safe(case_id)}: {terminal_safe(stage)}")
 
     def case_finished(self, result: CaseResult) -> None:
         self._progress.advance(self._batch)
         if result.status == "done":
-            self._progress.console.print(f"[green]✓[/] {result.case_id} ({result.seconds:.1f} s)", highlight=False)
+            self._progress.console.print(f"[green]✓[/] {terminal_safe(result.case_id)} ({result.seconds:.1f} s)",
+                                         highlight=False)

@@ -10,6 +10,8 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from autoorgan.cli_text import terminal_safe
+
 _EPOCH = re.compile(r"Epoch (\d+)$")
 _LOSS = re.compile(r"(train_loss|val_loss|Pseudo dice) (.+)$")
 
@@ -39,7 +41,7 @@ class EpochProgress(logging.Handler):
             return
         loss = _LOSS.search(message)
         if loss:
-            self._latest[loss.group(1)] = loss.group(2)
+            self._latest[loss.group(1)] = terminal_safe(loss.group(2))
             summary = ", ".join(f"{k} {v}" for k, v in self._latest.items())
             self._progress.update(self._bar, description=f"training ({summary})")
 
@@ -67,7 +69,7 @@ def demo_table(dice: dict[str, float]) -> Table:
     table.add_column("Dice", justify="right")
     for name, score in dice.items():
         style = "green" if score >= 0.9 else "yellow"
-        table.add_row(name, f"[{style}]{score:.3f}[/]")
+        table.add_row(terminal_safe(name), f"[{style}]{score:.3f}[/]")
     if dice:
         table.add_row("[bold]mean[/]", f"[bold]{sum(dice.values()) / len(dice):.3f}[/]")
     return table

@@ -78,6 +78,8 @@ def _image_files(cases: Iterable[Case]) -> dict[str, Path]:
     """
     files: dict[str, Path] = {}
     for case in cases:
+        if case.problem is not None:  # a FIFO, a folder named like an image...: never opened
+            raise InputError(f"training data: {case.problem}")
         if case.kind == "dicom":
             raise InputError(f"{case.path}: holds a DICOM series; training reads image files only "
                              "(NIfTI, NRRD, MHA); convert the series to one first (e.g. with dcm2niix)")

@@ -9,6 +9,10 @@ nnU-Net reads its folders from the environment variables ``nnUNet_raw``,
 duration of a call (and child processes inherit them), so nothing relies on them being set when
 a module is imported. nnU-Net also ``print``\\ s progress; that text goes to this module's logger
 at DEBUG level instead of the user's terminal.
+
+A model's files are data, not code: checkpoints are unpickled without running code
+(:func:`load_checkpoint`), and the names in ``plans.json`` that nnU-Net imports are checked
+first (:func:`check_model_code`), unless the user trusts the model.
 """
 
 from __future__ import annotations
@@ -141,6 +145,27 @@ def _safe_checkpoint_globals() -> list[Any]:
     return types
 
 
+def _load_without_code(path: Path, *, mmap: bool = False) -> Any:
+    """``torch.load(weights_only=True)`` with numpy's plain types allowed; a checkpoint that needs
+    any other global raises :class:`UnsafeCheckpoint` naming it."""
+    import pickle
+
+    import torch
+
+    try:
+        with torch.serialization.safe_globals(_safe_checkpoint_globals()):
+            return torch.load(str(path), map_location="cpu", weights_only=True, mmap=mmap)
+    except pickle.UnpicklingError as exc:
+        detail = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
+        if detail:
+            raise UnsafeCheckpoint(f"{path.name} needs arbitrary code to load (it asks for {detail.group(1)})"
+                                   ) from None
+        refused = re.search(r"WeightsUnpickler error: \s*([^\n]+)", str(exc))
+        reason = refused.group(1).strip() if refused else str(exc).splitlines()[0]
+        raise UnsafeCheckpoint(f"{path.name} cannot be loaded without running code ({reason}): it is damaged, "
+                               "or needs arbitrary code to load") from None
+
+
 def load_checkpoint(path: Path, *, trust: bool = False) -> dict[str, Any]:
     """Load an nnU-Net checkpoint without executing code from it.
 
@@ -148,20 +173,212 @@ def load_checkpoint(path: Path, *, trust: bool = False) -> dict[str, Any]:
     other global (which full unpickling would import and call) raises :class:`UnsafeCheckpoint`,
     unless ``trust`` is set, in which case it is loaded with full unpickling.
     """
-    import pickle
-
     import torch
 
     try:
-        with torch.serialization.safe_globals(_safe_checkpoint_globals()):
-            return torch.load(str(path), map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as exc:
+        return _load_without_code(path)
+    except UnsafeCheckpoint:
         if not trust:
-            detail = re.search(r"(?:Unsupported global: GLOBAL|unsupported GLOBAL) ([\w.]+)", str(exc))
-            what = f" (it asks for {detail.group(1)})" if detail else ""
-            raise UnsafeCheckpoint(f"{path.name} needs arbitrary code to load{what}") from None
+            raise
     log.warning("loading %s with full unpickling because it is trusted explicitly", path)
     return torch.load(str(path), map_location="cpu", weights_only=False)
+
+
+def checkpoint_summary(path: Path) -> tuple[str, str]:
+    """``(trainer_name, configuration)`` of an nnU-Net checkpoint, read without executing code.
+
+    Used to check an archive before it is installed: the checkpoint is loaded as by
+    :func:`load_checkpoint` (never trusted), memory-mapped where torch's format allows, so a
+    large checkpoint is not read into memory. Raises :class:`UnsafeCheckpoint` for a checkpoint
+    that needs code to load, ``ValueError`` for one that is not a readable nnU-Net checkpoint.
+    """
+    import zipfile
+
+    try:
+        checkpoint = _load_without_code(path, mmap=zipfile.is_zipfile(path))
+    except UnsafeCheckpoint:
+        raise
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
+        raise ValueError(f"{path.name} is not a readable checkpoint ({type(exc).__name__})") from None
+    try:
+        return str(checkpoint["trainer_name"]), str(checkpoint["init_args"]["configuration"])
+    except (KeyError, TypeError):
+        raise ValueError(f"{path.name} is not an nnU-Net checkpoint (no trainer_name / init_args)") from None
+
+
+# ---------------------------------------------------------------------------------------------
+# Names in plans.json that nnU-Net imports
+
+
+class UnsafeModel(UnsafeCheckpoint):
+    """A model whose ``plans.json`` or checkpoint names code outside nnU-Net's own modules and
+    its network library, which nnU-Net would import and call while building the model."""
+
+
+#: The package nnU-Net's network classes come from.
+NETWORK_PACKAGE = "dynamic_network_architectures"
+#: The package of the layer classes ``_kw_requires_import`` entries name (``torch.nn.Conv3d`` ...).
+LAYER_PACKAGE = "torch.nn"
+_DOTTED_NAME = re.compile(r"[A-Za-z_]\w*(?:\.[A-Za-z_]\w*)*")
+_IDENTIFIER = re.compile(r"[A-Za-z_]\w*")
+
+
+def _defined_in(obj: Any, package: str) -> bool:
+    module = getattr(obj, "__module__", None)
+    return isinstance(module, str) and (module == package or module.startswith(package + "."))
+
+
+def _locate_class_in(name: Any, package: str, base: type) -> type | None:
+    """``pydoc.locate(name)`` — as nnU-Net resolves it — if ``name`` is a dotted name inside
+    ``package`` (nothing outside the package is imported to find out) and resolves to a subclass
+    of ``base`` defined in the package; else ``None``."""
+    import pydoc
+
+    if not isinstance(name, str) or not _DOTTED_NAME.fullmatch(name) or not name.startswith(package + "."):
+        return None
+    try:
+        found = pydoc.locate(name)
+    except pydoc.ErrorDuringImport:
+        return None
+    if isinstance(found, type) and issubclass(found, base) and _defined_in(found, package):
+        return found
+    return None
+
+
+def _find_nnunet_object(name: Any, subpackage: str) -> Any:
+    """What nnU-Net's ``recursive_find_python_class`` finds for ``name`` in ``nnunetv2.{subpackage}``
+    (``None`` for a name that is not a plain identifier, or that is not found)."""
+    import nnunetv2
+    from nnunetv2.utilities.find_class_by_name import recursive_find_python_class
+
+    if not isinstance(name, str) or not _IDENTIFIER.fullmatch(name):
+        return None
+    folder = os.path.join(nnunetv2.__path__[0], *subpackage.split("."))
+    return recursive_find_python_class(folder, name, f"nnunetv2.{subpackage}")
+
+
+def _network_problem(architecture: Any) -> str | None:
+    """Why an ``architecture`` entry of a plans configuration is unsafe to build, or ``None``."""
+    import torch
+
+    if not isinstance(architecture, Mapping):
+        return "'architecture' is not an object"
+    name = architecture.get("network_class_name")
+    if _locate_class_in(name, NETWORK_PACKAGE, torch.nn.Module) is None:
+        return f"names network class {name!r}, which is not a network class of {NETWORK_PACKAGE}"
+    kwargs = architecture.get("arch_kwargs")
+    imports = architecture.get("_kw_requires_import", [])
+    if not isinstance(kwargs, Mapping) or not isinstance(imports, list | tuple):
+        return "has no 'arch_kwargs' object or no '_kw_requires_import' list"
+    for key in imports:
+        if not isinstance(key, str):
+            return f"lists {key!r} in '_kw_requires_import', which is not an arch_kwargs key"
+        value = kwargs.get(key)
+        if value is not None and _locate_class_in(value, LAYER_PACKAGE, torch.nn.Module) is None:
+            return (f"imports {value!r} for arch_kwargs entry {key!r}, which is not a layer class of "
+                    f"{LAYER_PACKAGE}")
+    return None
+
+
+def _configuration_problem(configuration: Mapping[str, Any]) -> str | None:
+    """Why a resolved plans configuration names code outside nnU-Net, or ``None``."""
+    from nnunetv2.preprocessing.normalization.default_normalization_schemes import ImageNormalization
+    from nnunetv2.preprocessing.preprocessors.default_preprocessor import DefaultPreprocessor
+
+    problem = _network_problem(configuration.get("architecture"))
+    if problem:
+        return problem
+    preprocessor = configuration.get("preprocessor_name")
+    found = _find_nnunet_object(preprocessor, "preprocessing")
+    if not (isinstance(found, type) and issubclass(found, DefaultPreprocessor) and _defined_in(found, "nnunetv2")):
+        return f"names preprocessor {preprocessor!r}, which is not a preprocessor of nnunetv2"
+    schemes = configuration.get("normalization_schemes", [])
+    for scheme in schemes if isinstance(schemes, list | tuple) else [schemes]:
+        found = _find_nnunet_object(scheme, "preprocessing.normalization")
+        if not (isinstance(found, type) and issubclass(found, ImageNormalization) and _defined_in(found, "nnunetv2")):
+            return f"names normalization {scheme!r}, which is not a normalization scheme of nnunetv2"
+    for key in ("resampling_fn_data", "resampling_fn_seg", "resampling_fn_probabilities"):
+        if key not in configuration:
+            continue
+        found = _find_nnunet_object(configuration[key], "preprocessing.resampling")
+        if not (callable(found) and _defined_in(found, "nnunetv2.preprocessing.resampling")):
+            return f"names {key} {configuration[key]!r}, which is not a resampling function of nnunetv2"
+    return None
+
+
+def check_model_code(plans: Mapping[str, Any], configuration: str, *, source: str) -> None:
+    """Refuse a model whose files would make nnU-Net import code outside nnunetv2 and
+    ``dynamic_network_architectures``.
+
+    nnU-Net builds a model from names: ``network_class_name`` and the ``_kw_requires_import``
+    entries of ``arch_kwargs`` in ``plans.json`` go through ``pydoc.locate`` (any importable
+    callable, e.g. ``logging.basicConfig`` or ``os.system``, is then called with arguments from
+    the same file); the trainer, preprocessor, normalization schemes, resampling functions and
+    label manager are looked up by name. Allowed: network classes of
+    ``dynamic_network_architectures``, ``torch.nn`` layer classes, and for the others nnunetv2's
+    own classes and functions of the kind expected (the trainer, named by the checkpoint, is
+    checked by :func:`trainer_class`). Nothing outside those packages is imported to check a
+    name. ``configuration`` is the one that will be used (``inherits_from`` resolved).
+    Raises :class:`UnsafeModel` naming ``source`` and the entry, ``ValueError`` when the plans
+    have no such configuration.
+    """
+    from nnunetv2.utilities.label_handling.label_handling import LabelManager
+    from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
+
+    try:
+        resolved = PlansManager(dict(plans)).get_configuration(configuration).configuration
+    except Exception as exc:  # noqa: BLE001 - nnU-Net raises several kinds for a malformed plans file
+        raise ValueError(f"{source} has no usable configuration '{configuration}' ({type(exc).__name__}: "
+                         f"{exc})".splitlines()[0]) from None
+    problem = _configuration_problem(resolved)
+    if problem is None and "label_manager" in plans:
+        found = _find_nnunet_object(plans["label_manager"], "utilities.label_handling")
+        if not (isinstance(found, type) and issubclass(found, LabelManager) and _defined_in(found, "nnunetv2")):
+            problem = f"names label manager {plans['label_manager']!r}, which is not a label manager of nnunetv2"
+    if problem is not None:
+        raise UnsafeModel(f"{source} (configuration '{configuration}') {problem}")
+
+
+def trainer_class(name: Any, *, trust: bool, source: str = "the checkpoint") -> type:
+    """nnU-Net's trainer class ``name``, as its loader finds it.
+
+    Untrusted, only nnunetv2's own trainers are allowed (a subclass of ``nnUNetTrainer`` defined
+    in nnunetv2); trusted, nnU-Net's full lookup runs (including ``$nnUNet_extTrainer``).
+    Raises :class:`UnsafeModel` for a name that is not such a trainer.
+    """
+    from nnunetv2.training.nnUNetTrainer.nnUNetTrainer import nnUNetTrainer
+    from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
+
+    if trust:
+        with _quiet_nnunet():
+            return recursive_find_trainer_class_by_name(str(name))
+    found = _find_nnunet_object(name, "training.nnUNetTrainer")
+    if not (isinstance(found, type) and issubclass(found, nnUNetTrainer) and _defined_in(found, "nnunetv2")):
+        raise UnsafeModel(f"{source} names trainer {name!r}, which is not one of nnunetv2's trainers")
+    return found
+
+
+def nonzero_box_vanishes(array_zyx: np.ndarray, spacing_zyx: Sequence[float], target_spacing: Sequence[float],
+                         transpose_forward: Sequence[int]) -> bool:
+    """Whether nnU-Net's crop to the box of the non-zero voxels (``crop_to_nonzero``) leaves a box
+    that its resampling to ``target_spacing`` (in ``transpose_forward`` order) shrinks to no voxel.
+
+    nnU-Net takes zero as "outside the scan": an image that is zero but for a speck smaller than
+    half a working voxel makes its preprocessing produce an empty array and fail ("zero-size
+    array"). What nnU-Net gives outside its crop is background, so such an image's label map is
+    empty. An image without any non-zero voxel is predicted whole by nnU-Net (``False``).
+    """
+    if array_zyx.size == 0 or (array_zyx.flat[0] != 0 and array_zyx.flat[-1] != 0):
+        return False  # the box spans every axis: nothing is cropped
+    nonzero = array_zyx != 0
+    if not nonzero.any():
+        return False
+    extent = []
+    for axis in range(array_zyx.ndim):
+        hits = np.flatnonzero(nonzero.any(axis=tuple(a for a in range(array_zyx.ndim) if a != axis)))
+        extent.append((int(hits[-1]) - int(hits[0]) + 1) * float(spacing_zyx[axis]))
+    working = [extent[i] / float(target_spacing[k]) for k, i in enumerate(transpose_forward)]
+    return bool(np.any(np.round(working) == 0))
 
 
 class Segmenter:
@@ -191,13 +408,17 @@ class Segmenter:
     tile_batch:
         Sliding-window tiles per network call on the CPU (``None``: :func:`tile_batch_size`
         decides). Only how the tiles are grouped changes, not what is computed.
+    trust_checkpoint:
+        Load a checkpoint that needs code to unpickle, skip :func:`check_model_code` on
+        ``plans.json`` and let nnU-Net look the trainer up anywhere (``--trust-checkpoint``).
+        Untrusted, such a model raises :class:`UnsafeCheckpoint` (or :class:`UnsafeModel`)
+        before nnU-Net imports anything its files name.
     """
 
     def __init__(self, model_folder: Path, fold: int | str, device: Any, *, tile_step_size: float = 0.5,
                  checkpoint_name: str = "checkpoint_final.pth", trust_checkpoint: bool = False,
                  use_mirroring: bool = True, export: str = "torch", crop_body: bool = False,
                  tile_batch: int | None = None):
-        from nnunetv2.utilities.find_objects import recursive_find_trainer_class_by_name
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
@@ -207,10 +428,15 @@ class Segmenter:
         # the network is built and handed over exactly as nnU-Net's own loader does it.
         checkpoint = load_checkpoint(self.model_folder / f"fold_{fold}" / checkpoint_name, trust=trust_checkpoint)
         dataset_json = json.loads((self.model_folder / "dataset.json").read_text(encoding="utf-8"))
-        plans_manager = PlansManager(json.loads((self.model_folder / "plans.json").read_text(encoding="utf-8")))
-        configuration_manager = plans_manager.get_configuration(checkpoint["init_args"]["configuration"])
+        plans = json.loads((self.model_folder / "plans.json").read_text(encoding="utf-8"))
+        configuration = checkpoint["init_args"]["configuration"]
         trainer_name = checkpoint["trainer_name"]
-        network = recursive_find_trainer_class_by_name(trainer_name).build_network_architecture(
+        if not trust_checkpoint:  # before nnU-Net imports anything the plans name (see check_model_code)
+            check_model_code(plans, configuration, source=str(self.model_folder / "plans.json"))
+        trainer = trainer_class(trainer_name, trust=trust_checkpoint, source=f"fold_{fold}/{checkpoint_name}")
+        plans_manager = PlansManager(plans)
+        configuration_manager = plans_manager.get_configuration(configuration)
+        network = trainer.build_network_architecture(
             plans_manager, configuration_manager,
             determine_num_input_channels(plans_manager, configuration_manager, dataset_json),
             plans_manager.get_label_manager(dataset_json).num_segmentation_heads,
@@ -273,6 +499,11 @@ class Segmenter:
                 f"image extent {' x '.join(f'{e:.1f}' for e in extent)} mm is smaller than one voxel of the "
                 f"model's working grid ({' x '.join(f'{t:.2f}' for t in target)} mm)"
             )
+        if nonzero_box_vanishes(array_zyx, spacing_zyx, target, self._predictor.plans_manager.transpose_forward):
+            log.warning("the image's non-zero voxels span less than one voxel of the model's working grid: "
+                        "nothing to segment, the label map is empty")
+            self.last_tiles, self.last_timing = (0, 0), {"preprocess": 0.0, "network": 0.0, "export": 0.0}
+            return np.zeros(array_zyx.shape, dtype=np.uint8)
         body = self._body_box(array_zyx, spacing_zyx) if self.crop_body else None
         if body is not None:  # the body's box is a region too: tiles over the air around it are skipped
             box = body if roi is None else tuple(slice(max(r.start, b.start), min(r.stop, b.stop))

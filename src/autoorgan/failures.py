@@ -41,10 +41,14 @@ class FailureRecord:
 
 
 def write_failure(folder: Path, case_id: str, error: str) -> Path:
-    """Record that ``case_id`` failed with ``error`` (one line), atomically."""
+    """Record that ``case_id`` failed with ``error``, atomically.
+
+    The error is kept whole: it is one message, but a file name in it may hold a newline, and
+    the record must name the file exactly (JSON escapes it; displays escape it too).
+    """
     data: dict[str, Any] = {
         "case_id": case_id,
-        "error": error.splitlines()[0] if error else "unknown error",
+        "error": error.strip() or "unknown error",
         "time": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
         "host": socket.gethostname(),
         "autoorgan": __version__,

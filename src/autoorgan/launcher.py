@@ -26,6 +26,8 @@ from autoorgan.status import CaseState, case_state
 
 log = logging.getLogger(__name__)
 
+#: Seconds a stopped worker gets to write its run record and overview before it is killed.
+STOP_GRACE_SECONDS = 20.0
 #: Environment variables that set the thread count of the math libraries torch uses.
 THREAD_VARIABLES = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
@@ -144,7 +146,9 @@ def run_workers(specs: Sequence[WorkerSpec], predict_args: Sequence[str], *,
     """Start every worker, call ``progress`` while they run, wait for all; one outcome each.
 
     Each worker's output goes to a temporary log whose last lines come back in its outcome. If
-    this process is interrupted, the workers it started are terminated (and then killed).
+    this process is interrupted (Ctrl-C, or SIGTERM under :func:`autoorgan.interrupts.signals_as_interrupts`),
+    the workers it started get SIGTERM, so each ends as an interrupted run (run record ``aborted``,
+    overview written, exit 143), and are killed if still running after :data:`STOP_GRACE_SECONDS`.
     """
     env = dict(os.environ if base_env is None else base_env)
     env["PYTHONUNBUFFERED"] = "1"
@@ -175,7 +179,7 @@ def _stop(procs: Iterable[subprocess.Popen[bytes]]) -> None:
     running = [p for p in procs if p.poll() is None]
     for p in running:
         p.terminate()
-    deadline = time.monotonic() + 10
+    deadline = time.monotonic() + STOP_GRACE_SECONDS
     for p in running:
         try:
             p.wait(timeout=max(0.1, deadline - time.monotonic()))

@@ -201,6 +201,9 @@ def predict_multi(
     job.output_options = {**job.output_options, "tasks": [t.name for t in tasks], "cascade": cascading,
                           "cascade_margin": cascade_margin if cascading else None, "keep_task_maps": keep_task_maps,
                           "postprocess": sorted(repaired)}
+    # --continue: nor by other models or prediction settings (each model hashed once per run).
+    job.made_with = {"models": {m.task.name: api.model_identity(m.task, m.location) for m in models},
+                     "prediction": speed.as_dict()}
     if keep_task_maps:
         job.extra_outputs = [TaskMapsStep({t.name: t for t in tasks}, suffix=output_steps["label_suffix"]),
                              *job.extra_outputs]

@@ -1,7 +1,11 @@
 """The layout of an output folder, and whether a case's outputs are complete.
 
-For case ``C`` a run writes ``C.nii.gz`` (the label map) and then ``C.json`` (the sidecar). The
-sidecar is written last, so its presence means the case finished; both are written atomically.
+For case ``C`` a run writes ``C.nii.gz`` (the label map) and then ``C.json`` (the sidecar), both
+atomically. Before it replaces a label map it removes the old sidecar, and the new sidecar records
+the label map's SHA-256 and size: a sidecar counts only beside the very map it describes, so a run
+killed between the two files (or two runs racing on one folder) never leaves a case that looks
+done. :meth:`CaseOutputs.finished_sidecar` is the one "finished" rule; ``--continue``
+(:meth:`CaseOutputs.is_complete`) and ``autoorgan status`` both use it.
 """
 
 from __future__ import annotations
@@ -13,7 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoorgan.io.writing import leftover_temporaries
+from autoorgan.io.writing import FileDigest, file_digest, leftover_temporaries, remove_abandoned
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +31,12 @@ CASE_FILE_INFIXES = ("stats", "seg", "error")
 RESERVED_CASE_ENDINGS = (".error", ".stats")
 #: Sidecar key of the options the outputs were made with (see :meth:`CaseOutputs.is_complete`).
 OUTPUT_OPTIONS_KEY = "output_options"
+#: Sidecar key of what made the outputs: the model's identity (checkpoint SHA-256, trainer, plans,
+#: configuration, fold, dataset) and the prediction settings (step, mirroring, body crop, export).
+MADE_WITH_KEY = "made_with"
+#: Sidecar keys of the label map's SHA-256 and size in bytes.
+LABEL_SHA256_KEY = "label_map_sha256"
+LABEL_SIZE_KEY = "label_map_size"
 
 
 def reserved_case_id_problem(case_id: str) -> str | None:
@@ -64,28 +74,83 @@ class CaseOutputs:
             return None
         return data if isinstance(data, dict) else None
 
-    def is_complete(self, task_name: str, dataset_id: int | None,
-                    output_options: Mapping[str, Any] | None = None) -> bool:
-        """True if a finished result of this task (same dataset) is already there.
+    def label_map_named(self, data: Mapping[str, Any]) -> Path | None:
+        """The label map a sidecar names (a file of this folder), or ``None`` when it names none."""
+        name = data.get("label_map", self.label_map.name)
+        if name is None:
+            return None
+        if not isinstance(name, str) or not name or Path(name).name != name:
+            raise ValueError(f"bad label map name {name!r}")
+        return self.folder / name
 
-        A sidecar whose ``label_map`` is ``null`` (per-structure masks only) needs no label map.
-        With ``output_options`` the sidecar must record the same options (output type, split
-        masks, ROI subset): outputs made with other options are not complete for this run.
+    def finished_sidecar(self) -> dict[str, Any] | None:
+        """The sidecar if this case's outputs are a finished, consistent pair, else ``None``.
+
+        Finished means: the sidecar is readable, and the label map it names (if any) is there with
+        the size and SHA-256 the sidecar recorded. A sidecar without a checksum (an older autoorgan)
+        cannot be checked and does not count.
         """
         data = self.read_sidecar()
         if data is None:
+            return None
+        try:
+            label_map = self.label_map_named(data)
+        except ValueError:
+            return None
+        if label_map is None:
+            return data
+        expected_sha, expected_size = data.get(LABEL_SHA256_KEY), data.get(LABEL_SIZE_KEY)
+        if not isinstance(expected_sha, str) or not isinstance(expected_size, int):
+            return None
+        try:
+            if label_map.stat().st_size != expected_size or not label_map.is_file():
+                return None
+            found = file_digest(label_map)
+        except OSError:
+            return None
+        return data if found == FileDigest(expected_sha, expected_size) else None
+
+    def is_complete(self, task_name: str, dataset_id: int | None,
+                    output_options: Mapping[str, Any] | None = None,
+                    made_with: Mapping[str, Any] | None = None) -> bool:
+        """True if a finished result of this task (same dataset) is already there.
+
+        Finished is :meth:`finished_sidecar`. With ``output_options`` the sidecar must record the
+        same options (output type, split masks, ROI subset...), with ``made_with`` the same model
+        and prediction settings: outputs made otherwise are not complete for this run.
+        """
+        data = self.finished_sidecar()
+        if data is None:
             return False
-        if data.get("label_map", self.label_map.name) is not None and not self.label_map.is_file():
-            return False
-        if output_options is not None and data.get(OUTPUT_OPTIONS_KEY, {}) != json.loads(json.dumps(output_options)):
-            return False
+        named = data.get("label_map", self.label_map.name)
+        if named is not None and named != self.label_map.name:
+            return False  # another output type's label map
+        for key, wanted in ((OUTPUT_OPTIONS_KEY, output_options), (MADE_WITH_KEY, made_with)):
+            if wanted is not None and data.get(key, {}) != _as_json(wanted):
+                return False
         return data.get("task") == task_name and data.get("dataset_id") == dataset_id
 
+    def retire_sidecar(self) -> None:
+        """Remove the sidecar before this case's label map is replaced, so that no moment exists
+        where an old sidecar stands beside a new map (the checksum would catch it too)."""
+        try:
+            self.sidecar.unlink()
+        except FileNotFoundError:
+            pass
+        except OSError as exc:
+            from autoorgan.errors import OutputError
+
+            raise OutputError(f"cannot remove the old {self.sidecar}: {exc.strerror or exc}") from None
+
     def remove_leftovers(self) -> int:
-        """Delete temporary files an interrupted run left for this case; returns how many."""
-        stale = leftover_temporaries(self.folder, self.case_id, CASE_FILE_INFIXES)
-        for path in stale:
-            path.unlink(missing_ok=True)
-        if stale:
-            log.info("%s: removed %d leftover temporary file(s)", self.case_id, len(stale))
-        return len(stale)
+        """Delete the temporary files of this case that an interrupted run left (never those of a
+        run still writing, see :func:`autoorgan.io.writing.is_abandoned`); returns how many."""
+        removed = remove_abandoned(leftover_temporaries(self.folder, self.case_id, CASE_FILE_INFIXES))
+        if removed:
+            log.info("%s: removed %d leftover temporary file(s)", self.case_id, removed)
+        return removed
+
+
+def _as_json(value: Mapping[str, Any]) -> Any:
+    """``value`` as it reads back from a sidecar (tuples become lists, keys strings)."""
+    return json.loads(json.dumps(value))

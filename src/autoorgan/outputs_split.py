@@ -2,7 +2,10 @@
 
 Each mask is on exactly the label map's grid and is written atomically; the sidecar lists them.
 Every structure of the task (or of ``--roi-subset``) gets a file, empty where it was not found,
-so a folder of cases always has the same files.
+so a folder of cases always has the same files. Paths are built with
+:func:`~autoorgan.safe_paths.path_inside`, so a case id or structure name can never place a
+file outside the output folder (task tables refuse such names when loaded; this holds even for
+a task built in Python).
 """
 
 from __future__ import annotations
@@ -14,8 +17,10 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
+from autoorgan.errors import OutputError
 from autoorgan.io.image import image_from_array
-from autoorgan.io.writing import write_image
+from autoorgan.io.writing import all_temporaries, remove_abandoned, write_image
+from autoorgan.safe_paths import path_inside
 
 if TYPE_CHECKING:
     from autoorgan.pipeline import CaseContext
@@ -33,15 +38,19 @@ class SplitMasksStep:
     name: str = "structure masks"
 
     def __call__(self, ctx: CaseContext) -> None:
-        folder = ctx.outputs.folder / ctx.case.case_id
-        folder.mkdir(parents=True, exist_ok=True)
-        for stale in folder.glob(".*.tmp-*"):  # left by a killed run
-            stale.unlink(missing_ok=True)
         structures = self.structures if self.structures is not None else ctx.task.labels
+        targets = {value: path_inside(ctx.outputs.folder, ctx.case.case_id, f"{structure}{self.suffix}")
+                   for value, structure in structures.items()}  # every path checked before anything is written
+        folder = path_inside(ctx.outputs.folder, ctx.case.case_id)
+        try:
+            folder.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
+        remove_abandoned(all_temporaries(folder))  # left by a killed run; a live run's are kept
         files: dict[str, str] = {}
         for value, structure in structures.items():
             mask = (ctx.labels == value).astype(np.uint8)
-            target = folder / f"{structure}{self.suffix}"
+            target = targets[value]
             write_image(image_from_array(mask, ctx.volume.geometry), target)
             files[structure] = f"{folder.name}/{target.name}"
         ctx.sidecar["structure_masks"] = files

@@ -1,8 +1,15 @@
 """The per-case flow — read, reorient, predict, restore the grid, write — and the batch loop.
 
 A batch never stops for one bad case: each case's failure is caught, reported in one line and
-recorded, and the loop goes on. Outputs are written atomically with the sidecar last, so a case
-counts as done only when everything it produces is complete.
+recorded, and the loop goes on. Outputs are written atomically: the old sidecar goes first, then the
+extra outputs, the label map (its checksum noted) and the new sidecar last, so a case counts as done
+only when everything it produces is complete and belongs together (:mod:`autoorgan.outputs`).
+
+Several runs may share an output folder. A run removes only temporary files nobody is writing
+(:mod:`autoorgan.io.writing`), and when a case fails it removes only the label map it wrote itself,
+never one another run has put there since. An interruption (Ctrl-C, or SIGTERM through
+:mod:`autoorgan.interrupts`) aborts the batch like an output error: the run record and the
+overview are written, then the interruption goes on to the caller.
 """
 
 from __future__ import annotations
@@ -23,8 +30,21 @@ from autoorgan.io.cases import Case
 from autoorgan.io.image import Volume, image_from_array
 from autoorgan.io.orientation import plan_reorientation
 from autoorgan.io.reading import read_case, source_sidecar
-from autoorgan.io.writing import write_image, write_json
-from autoorgan.outputs import OUTPUT_OPTIONS_KEY, CaseOutputs, reserved_case_id_problem
+from autoorgan.io.writing import (
+    all_temporaries,
+    remove_abandoned,
+    remove_if_unchanged,
+    write_image_digest,
+    write_json,
+)
+from autoorgan.outputs import (
+    LABEL_SHA256_KEY,
+    LABEL_SIZE_KEY,
+    MADE_WITH_KEY,
+    OUTPUT_OPTIONS_KEY,
+    CaseOutputs,
+    reserved_case_id_problem,
+)
 from autoorgan.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -200,7 +220,7 @@ def segment_volume(volume: Volume, task: Task, predictor: Predictor,
 
 def record_timing(case_id: str, stages: dict[str, float], total: float) -> dict[str, float]:
     """Seconds per stage of one case (``read``, ``preprocess``, ``network``, ``export``, ``write``
-    and ``total`` up to the label map), logged at DEBUG and kept in the sidecar's ``"timing"``."""
+    and ``total`` up to the sidecar), logged at DEBUG and kept in the sidecar's ``"timing"``."""
     timing = {name: round(float(seconds), 3) for name, seconds in stages.items()}
     timing["total"] = round(float(total), 3)
     log.debug("%s: %s", case_id, ", ".join(f"{name} {seconds:.2f} s" for name, seconds in timing.items()))
@@ -223,7 +243,7 @@ def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
         "fold": task.fold,
         "labels": {str(value): name for value, name in task.labels.items()},
         "label_map": label_file,
-        "input": case.path.name,
+        "input": case.name,
         "input_orientation": orientation,
         "model_orientation": task.orientation or orientation,
         "versions": {"autoorgan": __version__, "nnunetv2": nnunet},
@@ -249,11 +269,13 @@ class BatchJob:
     listener: ProgressListener = field(default_factory=ProgressListener)
     #: Applied to ``ctx.labels`` before the label map is written (post-processing).
     postprocess: Sequence[CaseStep] = ()
-    #: Run after the label map is written, before the sidecar (extra outputs).
+    #: Run after post-processing, before the label map and the sidecar are written (extra outputs:
+    #: they work on ``ctx.labels``; one that fails leaves an earlier label map in place).
     extra_outputs: Sequence[CaseStep] = ()
     #: Run once at the end of the batch.
     finalizers: Sequence[BatchStep] = ()
-    #: Run when the batch aborts (``ModelLoadError``/``OutputError``), with ``BatchResult.aborted``
+    #: Run when the batch aborts (``ModelLoadError``/``OutputError``, or an interruption: Ctrl-C,
+    #: SIGTERM), with ``BatchResult.aborted``
     #: set, before the error goes on to the caller; a step that fails is logged and never hides
     #: the abort (e.g. the run record, where the folder still takes it).
     abort_steps: Sequence[BatchStep] = ()
@@ -266,6 +288,10 @@ class BatchJob:
     #: Options the outputs depend on (output type, split masks, ROI subset): recorded in each
     #: sidecar as ``output_options``; with ``resume`` a case is complete only for the same options.
     output_options: Mapping[str, Any] = field(default_factory=dict)
+    #: What makes the labels: the model's identity and the prediction settings (see
+    #: :data:`autoorgan.outputs.MADE_WITH_KEY`); recorded in each sidecar, and with ``resume`` a
+    #: case is complete only if it was made the same way.
+    made_with: Mapping[str, Any] = field(default_factory=dict)
     #: Segments each case instead of ``load_predictor``'s model (several tasks in one run); its
     #: sidecar replaces :func:`build_sidecar`'s, and outputs count as complete with
     #: ``dataset_id`` ``None`` (``task.name`` names the task set).
@@ -281,21 +307,27 @@ class BatchJob:
     def run(self) -> BatchResult:
         self._ensure_output_dir()
         outputs = {c.case_id: CaseOutputs(self.output_dir, c.case_id, self.label_suffix) for c in self.cases}
-        for out in outputs.values():
-            out.remove_leftovers()
+        removed = remove_abandoned(all_temporaries(self.output_dir))
+        if removed:
+            log.info("removed %d temporary file(s) left by interrupted runs", removed)
         dataset_id = None if self.case_segmenter is not None else self.task.dataset_id
-        pending = [c for c in self.cases
-                   if not (self.resume and outputs[c.case_id].is_complete(self.task.name, dataset_id,
-                                                                           self.output_options))]
-        self.listener.batch_started(len(self.cases), len(pending))
+
+        def complete(case: Case) -> bool:
+            return outputs[case.case_id].is_complete(self.task.name, dataset_id, self.output_options,
+                                                     self.made_with or None)
+
         batch = BatchResult()
-        for case in self.cases:
-            if case not in pending:
-                result = CaseResult(case.case_id, "skipped", output=outputs[case.case_id].label_map)
-                self.listener.case_finished(result)
-                batch.results.append(result)
+        current: Case | None = None
         try:
+            pending = [c for c in self.cases if not (self.resume and complete(c))]
+            self.listener.batch_started(len(self.cases), len(pending))
+            for case in self.cases:
+                if case not in pending:
+                    result = CaseResult(case.case_id, "skipped", output=outputs[case.case_id].label_map)
+                    self.listener.case_finished(result)
+                    batch.results.append(result)
             for case in pending:
+                current = case
                 earlier = read_failure(self.output_dir, case.case_id) if self.resume and self.skip_failed else None
                 if earlier is not None:
                     result = CaseResult(case.case_id, "failed",
@@ -307,10 +339,19 @@ class BatchJob:
                         write_failure(self.output_dir, case.case_id, result.error or "unknown error")
                     else:
                         clear_failure(self.output_dir, case.case_id)
-                self.listener.case_finished(result)
                 batch.results.append(result)
+                current = None
+                self.listener.case_finished(result)
         except (ModelLoadError, OutputError) as exc:
             batch.aborted = str(exc)
+            self._after_abort(batch)
+            raise
+        except KeyboardInterrupt as exc:  # Ctrl-C, or SIGTERM turned into one (autoorgan.interrupts)
+            batch.aborted = str(exc) or "interrupted"
+            log.warning("interrupted: writing the run record and the overview, then stopping")
+            if current is not None and current.case_id not in {r.case_id for r in batch.results} \
+                    and complete(current):  # the signal came just after the case finished
+                batch.results.append(CaseResult(current.case_id, "done", output=outputs[current.case_id].label_map))
             self._after_abort(batch)
             raise
         for finalize in self.finalizers:
@@ -332,11 +373,12 @@ class BatchJob:
 
     def _run_case(self, case: Case, out: CaseOutputs) -> CaseResult:
         start = time.perf_counter()
-        wrote_label_map = False
+        #: (device, inode) of the label map this run wrote: on failure only that file is removed.
+        wrote_label_map: tuple[int, int] | None = None
         try:
             problem = reserved_case_id_problem(case.case_id)
             if problem is not None:
-                raise CaseError(f"{case.path.name}: {problem}")
+                raise CaseError(f"{case.name}: {problem}")
             self.listener.case_stage(case.case_id, "reading")
             volume = read_case(case)
             timing: dict[str, float] = {"read": time.perf_counter() - start}
@@ -362,39 +404,46 @@ class BatchJob:
             for step in self.postprocess:
                 self.listener.case_stage(case.case_id, step.name)
                 step(ctx)
+            # The old sidecar goes first (an old sidecar must never stand beside new outputs); the
+            # extra outputs come before the label map, so one that fails leaves the old map in place.
+            out.retire_sidecar()
+            if self.output_options:
+                ctx.sidecar[OUTPUT_OPTIONS_KEY] = dict(self.output_options)
+            if self.made_with:
+                ctx.sidecar[MADE_WITH_KEY] = dict(self.made_with)
+            for step in self.extra_outputs:
+                self.listener.case_stage(case.case_id, step.name)
+                step(ctx)
             self.listener.case_stage(case.case_id, "writing")
             if self.write_label_map:
                 written = time.perf_counter()
-                write_image(image_from_array(ctx.labels, volume.geometry), out.label_map)
-                wrote_label_map = True
+                digest, wrote_label_map = write_image_digest(image_from_array(ctx.labels, volume.geometry),
+                                                             out.label_map)
+                ctx.sidecar["label_map"] = out.label_map.name
+                ctx.sidecar[LABEL_SHA256_KEY], ctx.sidecar[LABEL_SIZE_KEY] = digest.sha256, digest.size
                 timing["write"] = time.perf_counter() - written
             else:
                 ctx.sidecar["label_map"] = None
             ctx.sidecar["timing"] = record_timing(case.case_id, timing, time.perf_counter() - start)
-            if self.output_options:
-                ctx.sidecar[OUTPUT_OPTIONS_KEY] = dict(self.output_options)
-            for step in self.extra_outputs:
-                self.listener.case_stage(case.case_id, step.name)
-                step(ctx)
             write_json(ctx.sidecar, out.sidecar)
-        except OutputError:
-            # The folder cannot take this case (full, unwritable): leave no half-finished case.
-            if wrote_label_map:
-                out.label_map.unlink(missing_ok=True)
+        except (OutputError, KeyboardInterrupt):
+            # The folder cannot take this case (full, unwritable), or the run is interrupted: leave no
+            # half-finished case, and never remove a label map another run has written since.
+            remove_if_unchanged(out.label_map, wrote_label_map)
             raise
         except ModelLoadError:
             raise
         except (CaseError, AutoOrganError) as exc:
-            message = str(exc) if str(exc).startswith(case.path.name) else f"{case.path.name}: {exc}"
+            message = str(exc) if str(exc).startswith(case.name) else f"{case.name}: {exc}"
         except MemoryError:
-            message = f"{case.path.name}: out of memory"
+            message = f"{case.name}: out of memory"
         except Exception as exc:  # noqa: BLE001 - one case's unexpected failure must not end the batch
-            message = f"{case.path.name}: {type(exc).__name__}: {exc}".splitlines()[0]
+            # the first line of the exception's text; the name stays whole, even with a newline in it
+            message = f"{case.name}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
             log.debug("details of the failure of %s", case.case_id, exc_info=True)
         else:
             return CaseResult(case.case_id, "done", time.perf_counter() - start, output=out.label_map)
         # A case that failed after its label map was written must not look half done.
-        if wrote_label_map:
-            out.label_map.unlink(missing_ok=True)
+        remove_if_unchanged(out.label_map, wrote_label_map)
         log.error("%s", message)
         return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)

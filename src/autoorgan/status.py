@@ -13,7 +13,7 @@ from typing import Literal
 
 from autoorgan.failures import read_failure
 from autoorgan.io.cases import find_cases
-from autoorgan.outputs import LABEL_SUFFIX, CaseOutputs
+from autoorgan.outputs import CaseOutputs
 from autoorgan.sharding import check_shard, shard_of
 
 CaseState = Literal["done", "failed", "missing"]
@@ -56,15 +56,13 @@ class BatchStatus:
 def case_state(output_dir: Path, case_id: str, task: str | None = None) -> tuple[CaseState, str | None]:
     """The state of one case in ``output_dir`` (and the error of a failed one).
 
-    Done means the label map and the sidecar (written last) are both there — of ``task`` if
-    given; failed means a failure record and no finished output.
+    Done means a finished, consistent label map and sidecar (the same rule as ``--continue``:
+    :meth:`autoorgan.outputs.CaseOutputs.finished_sidecar`) — of ``task`` if given; failed means
+    a failure record and no finished output.
     """
-    sidecar = CaseOutputs(output_dir, case_id).read_sidecar()
+    sidecar = CaseOutputs(output_dir, case_id).finished_sidecar()
     if sidecar is not None and (task is None or sidecar.get("task") == task):
-        # The sidecar names its label map (.nii.gz or .nrrd; null when only per-structure masks exist).
-        label_map = sidecar.get("label_map", f"{case_id}{LABEL_SUFFIX}")
-        if label_map is None or (isinstance(label_map, str) and (output_dir / label_map).is_file()):
-            return "done", None
+        return "done", None
     record = read_failure(output_dir, case_id)
     if record is not None:
         return "failed", record.error

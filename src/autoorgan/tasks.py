@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import re
+import stat
 import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -34,11 +35,18 @@ from types import MappingProxyType
 from typing import Any
 
 from autoorgan.errors import TaskError
+from autoorgan.safe_paths import portable_name_problem, shown
 
 #: Fields that a task inherits from the table's defaults and that can be overridden per run.
 MODEL_FIELDS = ("trainer", "fold", "configuration", "plans", "orientation")
 _TASK_FIELDS = {"dataset_id", "description", "labels", "subdivisions", *MODEL_FIELDS}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
+#: Trainer, plans and configuration names: they become parts of the model folder's name.
+_MODEL_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
+#: An integer written as text (label values are table keys, so always text in TOML and JSON).
+_INT_TEXT_RE = re.compile(r"\s*\d{1,9}\s*", re.ASCII)
+#: Largest task file read (a task table is a few kB; this refuses a wrong file quickly).
+MAX_TASK_FILE_BYTES = 4 * 1024 * 1024
 _ORIENTATION_RE = re.compile(r"^[RL][AP][SI]$|^[RL][SI][AP]$|^[AP][RL][SI]$|^[AP][SI][RL]$|^[SI][RL][AP]$|^[SI][AP][RL]$")
 
 
@@ -164,16 +172,25 @@ def _parse_int(value: Any, what: str, source: str) -> int:
         raise TaskError(f"{source}: {what} must be an integer, got {value!r}")
     if isinstance(value, int):
         return value
-    if isinstance(value, str) and re.fullmatch(r"\s*\d+\s*", value):
+    if isinstance(value, str) and _INT_TEXT_RE.fullmatch(value):
         return int(value)
-    raise TaskError(f"{source}: {what} must be an integer, got {value!r}")
+    raise TaskError(f"{source}: {what} must be an integer, got {_short(value)}")
+
+
+def _short(value: Any, limit: int = 60) -> str:
+    """``repr`` of a value for a one-line message: control characters escaped, long values cut."""
+    text = ascii(value) if isinstance(value, str) else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def parse_label_table(raw: Any, task: str, source: str) -> dict[int, str]:
     """Validate a label table (value → name) and return it with integer keys, sorted.
 
     Refuses non-integer or negative values, label 0 (background is implicit), empty or
-    duplicate names (case-insensitive) — with a message naming the task and the file.
+    duplicate names (case-insensitive), and names that cannot be a portable file name (they
+    become ``<structure>.nii.gz`` with ``--split``; see
+    :func:`~autoorgan.safe_paths.portable_name_problem`) — with a message naming the task and
+    the file.
     """
     where = f"{source}: task '{task}'"
     if not isinstance(raw, Mapping) or not raw:
@@ -189,10 +206,14 @@ def parse_label_table(raw: Any, task: str, source: str) -> dict[int, str]:
         if value in table:
             raise TaskError(f"{where}: label value {value} is given twice")
         if not isinstance(name, str) or not name.strip():
-            raise TaskError(f"{where}: label {value} needs a non-empty name, got {name!r}")
+            raise TaskError(f"{where}: label {value} needs a non-empty name, got {_short(name)}")
+        problem = portable_name_problem(name)
+        if problem is not None:
+            raise TaskError(f"{where}: label {value} cannot be called {_short(name)}: {problem} "
+                            "(structure names become file names)")
         canonical = normalize_name(name)
         if canonical in seen:
-            raise TaskError(f"{where}: structure name '{name}' is used by labels {seen[canonical]} and {value}")
+            raise TaskError(f"{where}: structure name {shown(name)} is used by labels {seen[canonical]} and {value}")
         seen[canonical] = value
         table[value] = name.strip()
     return dict(sorted(table.items()))
@@ -223,19 +244,20 @@ def _build_task(name: str, fields: Mapping[str, Any], source: str) -> Task:
                 f"{source}: orientation of task '{name}' must be three axis codes such as 'RAS' or 'LPS', "
                 f"or 'native', got {fields['orientation']!r}"
             )
-    subdivisions = {
-        _parse_int(k, f"subdivision key {k!r} of task '{name}'", source): normalize_name(str(v))
-        for k, v in dict(fields.get("subdivisions") or {}).items()
-    }
+    subdivisions = _parse_subdivisions(fields.get("subdivisions"), labels, name, source)
     for key, value in (("trainer", fields.get("trainer")), ("plans", fields.get("plans")),
                        ("configuration", fields.get("configuration"))):
-        if value is not None and (not isinstance(value, str) or not value or "/" in value or "__" in value):
-            raise TaskError(f"{source}: {key} of task '{name}' must be a plain name, got {value!r}")
+        if value is not None and (not isinstance(value, str) or not _MODEL_PART_RE.fullmatch(value) or "__" in value):
+            raise TaskError(f"{source}: {key} of task '{name}' must be a plain name (letters, digits, '_', '-', "
+                            f"'.'; no '__'), got {_short(value)}")
+    description = fields.get("description", "")
+    if not isinstance(description, str):
+        raise TaskError(f"{source}: description of task '{name}' must be text, got {_short(description)}")
     return Task(
         name=name,
         dataset_id=dataset_id,
         labels=MappingProxyType(labels),
-        description=str(fields.get("description", "")),
+        description=description,
         trainer=fields.get("trainer", "nnUNetTrainerNoMirroring"),
         plans=fields.get("plans", "nnUNetPlans"),
         configuration=fields.get("configuration", "3d_fullres"),
@@ -245,21 +267,38 @@ def _build_task(name: str, fields: Mapping[str, Any], source: str) -> Task:
     )
 
 
+def _parse_subdivisions(raw: Any, labels: Mapping[int, str], task: str, source: str) -> dict[int, str]:
+    """``subdivisions``: a table of label value (of this task) → name of the task that subdivides it."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise TaskError(f"{source}: 'subdivisions' of task '{task}' must be a table of label value = task name, "
+                        f"got {type(raw).__name__}")
+    table: dict[int, str] = {}
+    for key, value in raw.items():
+        label = _parse_int(key, f"subdivision key {_short(key)} of task '{task}'", source)
+        if label not in labels:
+            raise TaskError(f"{source}: subdivision key {label} of task '{task}' is not one of its labels")
+        if not isinstance(value, str) or not _NAME_RE.match(normalize_name(value)):
+            raise TaskError(f"{source}: subdivision {label} of task '{task}' must name a task, got {_short(value)}")
+        table[label] = normalize_name(value)
+    return table
+
+
 def _unique_keys(pairs: list[tuple[str, Any]], path: Path) -> dict[str, Any]:
     """JSON object hook: a key given twice is an error (json would keep the last silently)."""
     result: dict[str, Any] = {}
     for key, value in pairs:
         if key in result:
-            raise TaskError(f"task file {path}: key '{key}' is given twice")
+            raise TaskError(f"task file {path}: key {shown(key)} is given twice")
         result[key] = value
     return result
 
 
 def _read_table_file(path: Path) -> dict[str, Any]:
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise TaskError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    """The task file's top-level table; :class:`TaskError` (one line naming the file) for anything
+    that is not a regular, not too large, UTF-8 file of valid TOML or JSON with a table at the top."""
+    text = _read_text(path)
     try:
         if path.suffix.lower() == ".toml":
             data = tomllib.loads(text)
@@ -269,13 +308,32 @@ def _read_table_file(path: Path) -> dict[str, Any]:
             raise TaskError(f"task file {path} must end in .toml or .json")
     except (tomllib.TOMLDecodeError, json.JSONDecodeError) as exc:
         raise TaskError(f"task file {path} is not valid {path.suffix[1:].upper()}: {exc}") from None
+    except RecursionError:
+        raise TaskError(f"task file {path} is nested too deeply") from None
     if not isinstance(data, dict) or not isinstance(data.get("tasks", {}), dict):
         raise TaskError(f"task file {path} must hold a 'tasks' table")
     return data
 
 
+def _read_text(path: Path) -> str:
+    try:
+        if not stat.S_ISREG(path.stat().st_mode):  # a FIFO or device would block or never end
+            raise TaskError(f"task file {path} is not a regular file")
+        if path.stat().st_size > MAX_TASK_FILE_BYTES:
+            raise TaskError(f"task file {path} is larger than {MAX_TASK_FILE_BYTES // 2**20} MiB; "
+                            "is it the right file?")
+        return path.read_bytes().decode("utf-8")
+    except OSError as exc:
+        raise TaskError(f"cannot read task file {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise TaskError(f"task file {path} is not UTF-8 text (byte {exc.object[exc.start]:#04x} at offset "
+                        f"{exc.start})") from None
+
+
 def _merge_tables(base: dict[str, Task], data: Mapping[str, Any], source: str) -> dict[str, Task]:
-    defaults = dict(data.get("defaults") or {})
+    defaults = data.get("defaults") or {}
+    if not isinstance(defaults, Mapping):
+        raise TaskError(f"{source}: 'defaults' must be a table")
     bad = set(defaults) - set(MODEL_FIELDS)
     if bad:
         raise TaskError(f"{source}: unknown default(s): {', '.join(sorted(bad))}")
@@ -283,9 +341,9 @@ def _merge_tables(base: dict[str, Task], data: Mapping[str, Any], source: str) -
     for raw_name, raw_fields in (data.get("tasks") or {}).items():
         name = normalize_name(str(raw_name))
         if not _NAME_RE.match(name) or name == "all":
-            raise TaskError(f"{source}: '{raw_name}' is not a usable task name")
+            raise TaskError(f"{source}: {shown(str(raw_name))} is not a usable task name")
         if not isinstance(raw_fields, Mapping):
-            raise TaskError(f"{source}: task '{raw_name}' must be a table")
+            raise TaskError(f"{source}: task {shown(str(raw_name))} must be a table")
         fields = dict(_task_fields(tasks[name])) if name in tasks else {}
         fields.update({k: v for k, v in defaults.items() if name not in tasks})
         fields.update(raw_fields)

@@ -11,20 +11,32 @@ and orientation before it is used: a series whose slices do not form one regular
 tilt, uneven or missing slices, several images at one position) is refused with a clear error
 rather than read with a silently wrong geometry.
 
+A ``.zip`` is never inflated whole: headers are read from streamed members, and a series' members
+are streamed to a temporary folder only while it is read, within a size cap
+(:data:`DEFAULT_MAX_ARCHIVE_GB`, ``--max-archive-size``) and a ratio cap
+(:data:`MAX_COMPRESSION_RATIO`), counted while inflating; a zip over them fails its own case.
+
+Case ids depend only on the series itself (:func:`series_case_ids`), so adding a series to an
+input never renames the cases already there.
+
 Patient identifiers (name, ID, birth date) are never read into anything autoorgan writes or logs.
 """
 
 from __future__ import annotations
 
-import io
+import errno
+import hashlib
 import logging
 import os
 import re
+import stat
 import tempfile
 import zipfile
-from collections import defaultdict
+import zlib
+from collections import Counter, defaultdict
 from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
+from contextvars import ContextVar
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -32,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from autoorgan.errors import CaseError, InputError
+from autoorgan.io.cases import printable
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +62,19 @@ _NOT_IMAGES = {
 #: Position tolerance (mm) and relative spacing tolerance of the slice checks.
 _POSITION_TOL_MM = 0.01
 _SPACING_REL_TOL = 0.01
+
+#: Default cap (GB) on what one DICOM series of a zip may inflate to, each member and all together
+#: (``--max-archive-size`` raises it): a whole-body CT at 0.5 mm is about 1 GB.
+DEFAULT_MAX_ARCHIVE_GB = 16.0
+#: Inflation ratio above which a member, or a series as a whole, is refused as a zip bomb. Real CT
+#: slices deflate about 2-5:1; only members and series above :data:`_RATIO_FLOOR_BYTES` are held
+#: to it (a blank slice alone compresses about 1000:1).
+MAX_COMPRESSION_RATIO = 100
+_RATIO_FLOOR_BYTES = 16 * 2**20
+#: Bytes of one zip member that header scanning may inflate (a header ends before the pixel data).
+_HEADER_READ_CAP = 64 * 2**20
+_COPY_CHUNK = 2**20
+_max_archive_gb: ContextVar[float | None] = ContextVar("autoorgan_max_archive_gb", default=None)
 
 
 @dataclass(frozen=True)
@@ -89,22 +115,71 @@ def looks_like_dicom(path: Path) -> bool:
     return len(head) == 132 and head[128:132] == b"DICM"
 
 
-def _read_header(source: Path | io.BytesIO) -> Any | None:
-    """The scan tags of one file, or ``None`` if it is not a usable DICOM image."""
+def _read_header(source: Path | Any) -> dict[str, Any] | None:
+    """The scan tags of one file (a path or an open binary stream) as plain values, or ``None`` if
+    it is not a usable DICOM image. Only the header is read (never the pixel data)."""
     import pydicom
     from pydicom.errors import InvalidDicomError
 
     try:
         ds = pydicom.dcmread(source, stop_before_pixels=True, specific_tags=_SCAN_TAGS)
+        header = {kw: ds[kw].value for kw in _SCAN_TAGS if kw in ds}
+        meta = getattr(ds, "file_meta", None)
+        sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or header.get("SOPClassUID", ""))
+    except _HeaderTooLarge:
+        raise
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
     except Exception as exc:  # noqa: BLE001 - a corrupt header must not stop the search for series
         log.debug("skipping an unreadable DICOM header: %s", type(exc).__name__)
         return None
-    sop_class = str(getattr(getattr(ds, "file_meta", None), "MediaStorageSOPClassUID", "") or ds.get("SOPClassUID", ""))
-    if sop_class in _NOT_IMAGES or "Rows" not in ds:
+    if sop_class in _NOT_IMAGES or "Rows" not in header:
         return None
-    return ds
+    return header
+
+
+class _HeaderTooLarge(OSError):
+    """A zip member's header runs past :data:`_HEADER_READ_CAP`."""
+
+
+class _CappedStream:
+    """A read-only view of a zip member that refuses to inflate past ``cap`` bytes.
+
+    Header scanning streams each member through this: pydicom skips unwanted elements by seeking,
+    which in a zip member means inflating them, so a member with a huge element before its pixel
+    data (or a lying size) costs at most ``cap`` bytes of work, never the whole member in memory.
+    """
+
+    def __init__(self, stream: Any, cap: int) -> None:
+        self._stream = stream
+        self._cap = cap
+        self.name = getattr(stream, "name", "")
+
+    def _check(self, position: int) -> None:
+        if position > self._cap:
+            raise _HeaderTooLarge(f"header larger than {self._cap // 2**20} MiB")
+
+    def read(self, size: int | None = -1) -> bytes:
+        position = self._stream.tell()
+        room = self._cap - position + 1
+        data = self._stream.read(room if size is None or size < 0 else min(size, room))
+        self._check(position + len(data))
+        return data
+
+    def seek(self, offset: int, whence: int = os.SEEK_SET) -> int:
+        if whence == os.SEEK_END:  # would inflate the whole member; headers never need it
+            raise _HeaderTooLarge("seek from the end of a zip member")
+        self._check(offset if whence == os.SEEK_SET else self._stream.tell() + offset)
+        return self._stream.seek(offset, whence)
+
+    def tell(self) -> int:
+        return self._stream.tell()
+
+    def seekable(self) -> bool:
+        return True
+
+    def readable(self) -> bool:
+        return True
 
 
 def _text(ds: Any, keyword: str) -> str:
@@ -165,34 +240,78 @@ def _collect(entries: Sequence[tuple[str, Any]], root: Path, archive: Path | Non
 def scan_folder(root: Path, *, exclude: Path | None = None, top_level_skip: set[Path] | None = None) -> list[DicomSeries]:
     """The DICOM series below ``root`` (all depths; hidden files/folders and ``exclude`` skipped).
 
-    ``top_level_skip`` lists files directly in ``root`` already taken as other inputs.
+    ``top_level_skip`` lists entries directly in ``root`` already taken as other inputs. Only
+    regular files are opened (a FIFO or device never is); a symbolic link loop, a dangling link, a
+    FIFO or a sub-folder that cannot be listed is skipped with a warning, never the end of the batch.
     """
-    excluded = exclude.resolve() if exclude is not None else None
     skip = top_level_skip or set()
     entries: list[tuple[str, Any]] = []
     stack = [root]
     visited: set[Path] = set()
     while stack:
         folder = stack.pop()
-        if folder.resolve() in visited:  # a symbolic link back up the tree
+        try:
+            real = folder.resolve(strict=True)
+        except (OSError, RuntimeError):  # a loop or a link that vanished
+            log.warning("skipped %s: cannot follow it", printable(str(folder)))
             continue
-        visited.add(folder.resolve())
+        if real in visited:  # a symbolic link back up the tree
+            continue
+        visited.add(real)
         try:
             children = sorted(folder.iterdir())
         except OSError as exc:
-            raise InputError(f"cannot list {folder}: {exc.strerror or exc}") from None
+            if folder == root:
+                raise InputError(f"cannot list {printable(str(folder))}: {exc.strerror or exc}") from None
+            log.warning("skipped folder %s: cannot list it (%s)", printable(str(folder)), exc.strerror or exc)
+            continue
         for path in children:
             if path.name.startswith(".") or path in skip:
                 continue
-            if excluded is not None and path.resolve() == excluded:
-                continue
-            if path.is_dir():
-                stack.append(path)
-            elif path.is_file() and (looks_like_dicom(path) or path.suffix.lower() == ".dcm"):
+            kind = entry_kind(path)
+            if kind == "folder":
+                if not is_same_path(path, exclude):  # the output folder inside the input
+                    stack.append(path)
+            elif kind == "file" and (looks_like_dicom(path) or path.suffix.lower() == ".dcm"):
                 ds = _read_header(path)
                 if ds is not None:
                     entries.append((path.relative_to(root).as_posix(), ds))
+            elif kind != "file":
+                log.warning("skipped %s: %s", printable(str(path)), kind)
     return _collect(entries, root, None)
+
+
+def entry_kind(path: Path) -> str:
+    """``file`` (a regular file, or a link to one), ``folder``, or why ``path`` is neither, without
+    opening it: ``a symbolic link loop``, ``a dangling symbolic link``, ``a FIFO`` (or socket,
+    device), ``not accessible (...)``."""
+    try:
+        mode = path.stat().st_mode
+    except OSError as exc:
+        if exc.errno == errno.ELOOP:
+            return "a symbolic link loop"
+        if path.is_symlink():
+            return "a dangling symbolic link"
+        return f"not accessible ({exc.strerror or exc})"
+    if stat.S_ISREG(mode):
+        return "file"
+    if stat.S_ISDIR(mode):
+        return "folder"
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "a device file"
+
+
+def is_same_path(path: Path, other: Path | None) -> bool:
+    """True if ``path`` is ``other`` (the output folder), where both exist; never raises."""
+    if other is None:
+        return False
+    try:
+        return path.samefile(other)
+    except (OSError, RuntimeError):
+        return False
 
 
 def scan_file(path: Path) -> list[DicomSeries]:
@@ -204,73 +323,219 @@ def scan_file(path: Path) -> list[DicomSeries]:
 
 
 def scan_zip(archive: Path) -> list[DicomSeries]:
-    """The DICOM series inside a zip archive (headers read in memory, nothing extracted)."""
+    """The DICOM series inside a zip archive.
+
+    Nothing is extracted and no member is inflated whole: each member is streamed, its first
+    132 bytes tell DICOM from other files, and pydicom reads a DICOM member's header from the
+    stream, stopping before the pixel data (at most :data:`_HEADER_READ_CAP` bytes inflated). An
+    archive that is not a readable zip, is encrypted, or uses a compression method Python cannot
+    read is an :class:`InputError` naming it.
+    """
     entries: list[tuple[str, Any]] = []
     try:
         with zipfile.ZipFile(archive) as zf:
             for info in zf.infolist():
                 name = info.filename
-                if info.is_dir() or any(part.startswith(".") or part == "__MACOSX" for part in name.split("/")):
-                    continue
-                with zf.open(info) as fh:
-                    head = fh.read(132)
-                if not (head[128:132] == b"DICM" or name.lower().endswith(".dcm")):
-                    continue
-                ds = _read_header(io.BytesIO(zf.read(info)))
+                if info.is_dir() or any(_hidden(part) for part in name.split("/")):
+                    continue  # (names that climb out with ".." are read too: members are extracted under safe names)
+                if info.flag_bits & 0x1:
+                    raise InputError(f"{archive.name}: the archive is encrypted (member '{name}'); unzip it with its "
+                                     "password and give the folder")
+                if info.compress_type not in _ZIP_METHODS:
+                    method = zipfile.compressor_names.get(info.compress_type, "unknown")
+                    raise InputError(f"{archive.name}: member '{name}' uses compression method {info.compress_type} "
+                                     f"({method}), which Python's zipfile cannot read; unzip it with another tool "
+                                     "and give the folder")
+                ds = _zip_member_header(zf, info, archive)
                 if ds is not None:
                     entries.append((name, ds))
-    except (zipfile.BadZipFile, OSError) as exc:
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, EOFError, zlib.error) as exc:
         raise InputError(f"{archive.name}: not a readable zip archive ({exc})") from None
+    except NotImplementedError as exc:
+        raise InputError(f"{archive.name}: {exc}; unzip it with another tool and give the folder") from None
     return _collect(entries, archive.parent, archive)
+
+
+def _hidden(part: str) -> bool:
+    return part == "__MACOSX" or (part.startswith(".") and part not in (".", ".."))
+
+
+_ZIP_METHODS = (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED, zipfile.ZIP_BZIP2, zipfile.ZIP_LZMA)
+
+
+def _zip_member_header(zf: zipfile.ZipFile, info: zipfile.ZipInfo, archive: Path) -> dict[str, Any] | None:
+    """The scan tags of one zip member, read from a capped stream (``None``: not a DICOM image)."""
+    with zf.open(info) as fh:
+        head = fh.read(132)
+    if not (head[128:132] == b"DICM" or info.filename.lower().endswith(".dcm")):
+        return None
+    try:
+        with zf.open(info) as fh:
+            return _read_header(_CappedStream(fh, _HEADER_READ_CAP))
+    except _HeaderTooLarge as exc:
+        log.warning("%s: member '%s' skipped: %s", archive.name, info.filename, exc)
+        return None
 
 
 def _sanitize(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9.-]+", "_", text).strip("._-")
 
 
-def series_case_ids(series: Sequence[DicomSeries], root_name: str) -> list[str]:
-    """Readable case ids: the series' folder (relative to the input, or ``root_name`` for the input
-    folder itself), plus series number and description where a folder holds several series."""
-    per_folder: dict[str, int] = defaultdict(int)
-    for s in series:
-        per_folder[s.folder] += 1
-    ids: list[str] = []
-    for s in series:
-        at_root = s.folder in ("", ".")
-        base = root_name if at_root else "_".join(Path(s.folder).parts)
-        if s.multiframe and (at_root or per_folder[s.folder] > 1):
-            # a multi-frame file beside other series is named after its file
-            stem = Path(s.files[0]).stem
-            base = stem if at_root else f"{base}_{stem}"
-        elif per_folder[s.folder] > 1:
-            number = "" if s.series_number is None else str(s.series_number)
-            detail = f"{number}_{s.description}".strip("_") if s.description else f"series{number}"
-            base = f"{base}_{detail}"
-        name = _sanitize(base) or "series"
-        candidate, n = name, 2
-        while candidate in ids:
-            candidate, n = f"{name}_{n}", n + 1
-        ids.append(candidate)
+#: Characters of a series description kept in a case id.
+_DESCRIPTION_CHARS = 48
+
+
+def series_label(series: DicomSeries) -> str:
+    """What tells a series apart within its folder, from the series alone: its number and
+    description (``2_CT_Body_3.0``; ``series2`` without a description), a multi-frame file's name,
+    or ``""`` where it has neither."""
+    if series.multiframe:
+        name = Path(series.files[0]).name
+        return name[: -len(".dcm")] if name.lower().endswith(".dcm") else name
+    number = "" if series.series_number is None else str(series.series_number)
+    if not series.description:
+        return f"series{number}" if number else ""
+    return "_".join(part for part in (number, series.description[:_DESCRIPTION_CHARS]) if part)
+
+
+def _series_hash(series: DicomSeries, *, with_file: bool = False) -> str:
+    key = series.series_uid or series.files[0]
+    if with_file:
+        key = f"{key}\0{series.files[0]}"
+    return hashlib.sha256(key.encode("utf-8", "surrogateescape")).hexdigest()[:6]
+
+
+def series_case_ids(series: Sequence[DicomSeries], root_name: str, *, archive: bool = False) -> list[str]:
+    """Readable case ids that depend only on each series itself, never on the others found beside
+    it, so adding a series never renames a case (shards and ``--continue`` stay right).
+
+    An id is the series' folder (its path below the input, ``root_name`` for the input folder
+    itself; for a zip, ``root_name`` is the archive's name and its inner folders are left out)
+    plus :func:`series_label`: ``patient1_2_CT_Body_3.0``. Where two series still get one id (same
+    folder, number and description), each gets a short hash of its SeriesInstanceUID (of its first
+    file where the UID is blank): ``patient1_2_CT_3f9a1c``.
+    """
+    def base(s: DicomSeries) -> str:
+        parts = [root_name] if archive or s.folder in ("", ".") else list(Path(s.folder).parts)
+        label = series_label(s)
+        return _sanitize("_".join([*parts, label] if label else parts)) or "series"
+
+    ids = [base(s) for s in series]
+    for with_file in (False, True):
+        counts = Counter(ids)
+        ids = [f"{cid}_{_series_hash(s, with_file=with_file)}" if counts[cid] > 1 else cid
+               for cid, s in zip(ids, series, strict=True)]
     return ids
+
+
+def set_max_archive_size(gigabytes: float | None) -> None:
+    """Set the cap (GB, ``None``: :data:`DEFAULT_MAX_ARCHIVE_GB`) on what one DICOM series of a zip
+    may inflate to, for the cases read from now on in this context (``--max-archive-size``)."""
+    if gigabytes is not None and not (gigabytes > 0 and np.isfinite(gigabytes)):
+        raise InputError(f"--max-archive-size must be a positive number of GB, got {gigabytes}")
+    _max_archive_gb.set(gigabytes)
+
+
+def max_archive_bytes() -> int:
+    """The cap in bytes that :func:`set_max_archive_size` set (or the default)."""
+    gigabytes = _max_archive_gb.get()
+    return int((DEFAULT_MAX_ARCHIVE_GB if gigabytes is None else gigabytes) * 1e9)
+
+
+def _gb(size: float) -> str:
+    if size >= 1e8:
+        return f"{size / 1e9:.3g} GB"
+    return f"{size / 1e6:.3g} MB" if size >= 1e5 else f"{int(size)} bytes"
+
+
+def check_archive_sizes(archive: Path, infos: Sequence[zipfile.ZipInfo], limit: int) -> None:
+    """:class:`CaseError` (one line naming the archive and member) if the members of a series, as
+    their headers declare them, inflate past ``limit`` bytes, each or all together, or inflate
+    more than :data:`MAX_COMPRESSION_RATIO`:1 (each, or all together, above 16 MiB)."""
+    raise_it = "raise the limit with --max-archive-size (GB) if the archive is genuine"
+    for info in infos:
+        if info.file_size > limit:
+            raise CaseError(f"member '{info.filename}' of {archive.name} inflates to {_gb(info.file_size)}, over the "
+                            f"{_gb(limit)} limit for a DICOM archive; {raise_it}")
+        _check_ratio(f"member '{info.filename}' of {archive.name}", info.file_size, info.compress_size)
+    total = sum(info.file_size for info in infos)
+    if total > limit:
+        raise CaseError(f"the series' {len(infos)} members in {archive.name} inflate to {_gb(total)}, over the "
+                        f"{_gb(limit)} limit for a DICOM archive; {raise_it}")
+    _check_ratio(f"the series' {len(infos)} members in {archive.name}", total,
+                 sum(info.compress_size for info in infos))
+
+
+def _check_ratio(what: str, size: int, compressed: int) -> None:
+    ratio = size / max(compressed, 1)
+    if size > _RATIO_FLOOR_BYTES and ratio > MAX_COMPRESSION_RATIO:
+        raise CaseError(f"{what} would inflate {ratio:.0f}:1 (to {_gb(size)}), over the "
+                        f"{MAX_COMPRESSION_RATIO}:1 limit for a DICOM archive (a zip bomb?); if the archive is "
+                        "genuine, unzip it and give the folder")
+
+
+def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int, archive: Path,
+                    limit: int) -> int:
+    """Stream one member to ``target``, counting what it really inflates to: past its declared
+    size or past the ``budget`` left of the series' cap is a :class:`CaseError` (a header that
+    lies gets no further than one that tells the truth). Returns the bytes written."""
+    written = 0
+    with zf.open(info) as src, open(target, "wb") as dst:
+        while chunk := src.read(_COPY_CHUNK):
+            written += len(chunk)
+            if written > info.file_size:
+                raise CaseError(f"member '{info.filename}' of {archive.name} inflates past its declared "
+                                f"{_gb(info.file_size)} (a corrupt or crafted archive)")
+            if written > budget:
+                raise CaseError(f"the series in {archive.name} inflates past the {_gb(limit)} limit for a DICOM "
+                                "archive; raise the limit with --max-archive-size (GB) if the archive is genuine")
+            dst.write(chunk)
+    return written
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
 
 
 @contextmanager
 def local_files(series: DicomSeries) -> Iterator[list[Path]]:
-    """The series' files as local paths; a zip's members are extracted to a temporary folder
-    (under safe names) that is removed afterwards."""
+    """The series' files as local paths that SimpleITK can open; a zip's members are streamed to a
+    temporary folder (under safe names, within :func:`max_archive_bytes` and the ratio cap), and
+    files whose path is not UTF-8 are linked there under safe names; the folder is removed
+    afterwards."""
     if series.archive is None:
-        yield [series.root / rel for rel in series.files]
+        paths = [series.root / rel for rel in series.files]
+        if all(_utf8(str(path)) for path in paths):
+            yield paths
+            return
+        # SimpleITK aborts the process on a path that is not UTF-8: give it links with safe names.
+        with tempfile.TemporaryDirectory(prefix="autoorgan-dicom-") as tmp:
+            links = []
+            for i, path in enumerate(paths):
+                link = Path(tmp) / f"{i:06d}.dcm"
+                link.symlink_to(path.absolute())
+                links.append(link)
+            yield links
         return
+    archive, limit = series.archive, max_archive_bytes()
     with tempfile.TemporaryDirectory(prefix="autoorgan-dicom-") as tmp:
         paths = []
         try:
-            with zipfile.ZipFile(series.archive) as zf:
-                for i, member in enumerate(series.files):
+            with zipfile.ZipFile(archive) as zf:
+                infos = [zf.getinfo(member) for member in series.files]
+                check_archive_sizes(archive, infos, limit)
+                used = 0
+                for i, info in enumerate(infos):
                     target = Path(tmp) / f"{i:06d}.dcm"
-                    target.write_bytes(zf.read(member))
+                    used += _extract_member(zf, info, target, limit - used, archive, limit)
                     paths.append(target)
-        except (zipfile.BadZipFile, OSError, KeyError) as exc:
-            raise CaseError(f"{series.archive.name}: cannot extract the series ({exc})") from None
+        except (zipfile.BadZipFile, OSError, KeyError, EOFError, zlib.error, RuntimeError,
+                NotImplementedError) as exc:
+            raise CaseError(f"cannot extract the series from {archive.name} ({exc})") from None
         yield paths
 
 

@@ -113,6 +113,12 @@ def label_values_present(labels: np.ndarray, chunk: int = 1 << 24) -> list[int]:
     return [int(v) for v in np.flatnonzero(counts) if v != 0]
 
 
+def _plain(text: str) -> str:
+    """``text`` drawn as written: a ``$`` escaped, so a name like ``a$x$`` is not parsed as
+    matplotlib math (a name like ``$\\frac$`` would otherwise fail the preview)."""
+    return text.replace("$", r"\$")
+
+
 def render_preview(ct_xyz: np.ndarray, labels_xyz: np.ndarray, geometry: Geometry, names: Mapping[int, str],
                    target: Path, *, title: str = "") -> Path:
     """Draw the preview of a case into the PNG ``target`` (written atomically); returns ``target``.
@@ -147,7 +153,8 @@ def render_preview(ct_xyz: np.ndarray, labels_xyz: np.ndarray, geometry: Geometr
     legend_ax = fig.add_subplot(grid[0, 4])
     legend_ax.set_axis_off()
     if present:
-        handles = [Patch(facecolor=colours[v], edgecolor="none", label=f"{v} {names[v]}") for v in present]
+        handles = [Patch(facecolor=colours[v], edgecolor="none", label=_plain(f"{v} {names[v]}"))
+                   for v in present]
         columns = 1 + (len(handles) - 1) // 24
         legend_ax.legend(handles=handles, loc="upper left", fontsize=max(5, 9 - columns), ncol=columns,
                          frameon=False, labelcolor="white", handlelength=1.0, borderaxespad=0.0)
@@ -155,7 +162,7 @@ def render_preview(ct_xyz: np.ndarray, labels_xyz: np.ndarray, geometry: Geometr
         legend_ax.text(0.0, 1.0, "no structure found", color="white", fontsize=9, va="top",
                        transform=legend_ax.transAxes)
     if title:
-        fig.suptitle(title, color="white", fontsize=12, x=0.01, ha="left")
+        fig.suptitle(_plain(title), color="white", fontsize=12, x=0.01, ha="left")
     try:
         with atomic_path(target) as tmp:
             fig.savefig(tmp, format="png", dpi=_DPI, facecolor=fig.get_facecolor())

@@ -43,13 +43,27 @@ def record_name(part_id: int, num_parts: int, started: datetime, run_id: str) ->
     return f"{RECORD_PREFIX}-part{part_id}of{num_parts}-{started.strftime('%Y%m%dT%H%M%SZ')}-{run_id}.json"
 
 
+#: SHA-256 of files already hashed by this process, by (path, device, inode, size, mtime): a
+#: checkpoint is hashed once per run (for the sidecars' ``--continue`` check and the run record).
+_DIGESTS: dict[tuple[str, int, int, int, int], str] = {}
+
+
 def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    """Hex SHA-256 of a file, read in chunks (checkpoints are hundreds of MB)."""
+    """Hex SHA-256 of a file, read in chunks (checkpoints are hundreds of MB); a file unchanged since
+    this process last hashed it is not read again."""
+    info = path.stat()
+    key = (str(Path(path).resolve()), info.st_dev, info.st_ino, info.st_size, info.st_mtime_ns)
+    known = _DIGESTS.get(key)
+    if known is not None:
+        return known
     digest = hashlib.sha256()
     with open(path, "rb") as fh:
         while block := fh.read(chunk):
             digest.update(block)
-    return digest.hexdigest()
+    if len(_DIGESTS) > 64:
+        _DIGESTS.clear()
+    _DIGESTS[key] = digest.hexdigest()
+    return _DIGESTS[key]
 
 
 def software_versions() -> dict[str, str]:
@@ -122,6 +136,9 @@ class RunRecorder:
             "model": {"checkpoints": checkpoints},
             "device": dict(self.device),
             "summary": {status: results.count(status) for status in ("done", "skipped", "failed")},
+            # "aborted": the batch stopped before its end (an interruption such as SIGTERM, an output
+            # error, a model that cannot load); "aborted" below says why.
+            "status": "aborted" if results.aborted else "completed",
             "aborted": results.aborted,
             "cases": [
                 {"case": r.case_id, "status": r.status, "error": r.error, "seconds": round(r.seconds, 3)}

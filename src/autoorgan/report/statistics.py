@@ -103,6 +103,30 @@ class StructureStats:
         return cls(**values)
 
 
+#: First characters that make a spreadsheet read a cell as a formula (OWASP's CSV-injection list:
+#: ``= + - @``, tab and carriage return), plus their full-width forms, which some spreadsheets
+#: treat alike.
+FORMULA_TRIGGERS = ("=", "+", "-", "@", "\t", "\r", "\uff1d", "\uff0b", "\uff0d", "\uff20")
+
+
+def spreadsheet_safe(value: Any) -> Any:
+    """A table cell that a spreadsheet shows as text, never runs (OWASP's CSV-injection rule).
+
+    Text starting with a :data:`FORMULA_TRIGGERS` character gets a leading single quote, which
+    spreadsheets take as "this is text" (``=HYPERLINK(...)`` becomes ``'=HYPERLINK(...)``). Numbers
+    are left alone, negative ones included: only text comes from user data (case ids, structure
+    names). Quoting of commas, quotes and line breaks is the :mod:`csv` writer's job.
+    """
+    if isinstance(value, str) and value.startswith(FORMULA_TRIGGERS):
+        return "'" + value
+    return value
+
+
+def spreadsheet_row(row: Mapping[str, Any]) -> dict[str, Any]:
+    """:func:`spreadsheet_safe` applied to every cell of a table row."""
+    return {key: spreadsheet_safe(value) for key, value in row.items()}
+
+
 def _listify(value: Any) -> Any:
     return [_listify(v) for v in value] if isinstance(value, (tuple, list)) else value
 

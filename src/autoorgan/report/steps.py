@@ -42,7 +42,8 @@ from autoorgan.pipeline import BatchResult, CaseContext
 from autoorgan.report.html import CaseRow, main_volumes, write_index
 from autoorgan.report.preview import render_preview
 from autoorgan.report.run_record import RECORD_GLOB, RunRecorder, latest_case_entries, read_run_records
-from autoorgan.report.statistics import FIELDS, StructureStats, structure_statistics
+from autoorgan.report.statistics import FIELDS, StructureStats, spreadsheet_row, structure_statistics
+from autoorgan.safe_paths import component_problem, path_inside
 from autoorgan.tasks import Task
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,7 @@ def statistics_document(ctx: CaseContext) -> dict[str, Any]:
     return {
         "case": ctx.case.case_id,
         "task": ctx.task.name,
-        "input": ctx.case.path.name,
+        "input": ctx.case.name,
         "voxel_volume_mm3": float(np.prod(geometry.spacing)),
         "units": UNITS,
         "structures": {s.structure: s.to_json() for s in stats},
@@ -100,7 +101,7 @@ class StatisticsStep:
     name: str = "statistics"
 
     def target(self, outputs: CaseOutputs) -> Path:
-        return stats_path(outputs.folder, outputs.case_id)
+        return path_inside(outputs.folder, f"{outputs.case_id}{STATS_SUFFIX}")
 
     def __call__(self, ctx: CaseContext) -> None:
         target = write_json(statistics_document(ctx), self.target(ctx.outputs))
@@ -114,7 +115,7 @@ class PreviewStep:
     name: str = "preview"
 
     def target(self, outputs: CaseOutputs) -> Path:
-        return preview_path(outputs.folder, outputs.case_id)
+        return path_inside(outputs.folder, f"{outputs.case_id}{PREVIEW_SUFFIX}")
 
     def __call__(self, ctx: CaseContext) -> None:
         names = {int(k): v for k, v in ctx.task.labels.items()}
@@ -198,13 +199,18 @@ def read_statistics(folder: Path, case_id: str) -> dict[str, Any] | None:
 
 
 def statistics_csv(documents: Mapping[str, Mapping[str, Any]]) -> str:
-    """The statistics table (case id → statistics document): one row per case and structure."""
+    """The statistics table (case id → statistics document): one row per case and structure.
+
+    Text cells are quoted (so a line break or comma in a name stays in its cell) and neutralised
+    against spreadsheet formulas (:func:`~autoorgan.report.statistics.spreadsheet_safe`).
+    """
     buffer = io.StringIO()
-    writer = csv.DictWriter(buffer, fieldnames=["case", *FIELDS], lineterminator="\n")
+    writer = csv.DictWriter(buffer, fieldnames=["case", *FIELDS], lineterminator="\n",
+                            quoting=csv.QUOTE_NONNUMERIC)
     writer.writeheader()
     for case_id, document in documents.items():
         for entry in document["structures"].values():
-            writer.writerow({"case": case_id, **StructureStats.from_json(entry).to_row()})
+            writer.writerow(spreadsheet_row({"case": case_id, **StructureStats.from_json(entry).to_row()}))
     return buffer.getvalue()
 
 
@@ -236,7 +242,8 @@ def _label_map_name(outputs: CaseOutputs) -> str | None:
     """The case's label map file as its sidecar names it (any output format), if it exists."""
     sidecar = outputs.read_sidecar() or {}
     name = sidecar.get("label_map", outputs.label_map.name)
-    return name if isinstance(name, str) and (outputs.folder / name).is_file() else None
+    plain = isinstance(name, str) and component_problem(name) is None  # a sidecar's word is not trusted
+    return name if plain and (outputs.folder / name).is_file() else None
 
 
 @dataclass
