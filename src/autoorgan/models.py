@@ -12,7 +12,6 @@ when needed, never at import.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import logging
 import os
@@ -25,6 +24,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from autoorgan.errors import InstallError, ModelNotFoundError
+from autoorgan.io.writing import file_digest
 from autoorgan.tasks import Task, TaskRegistry
 
 log = logging.getLogger(__name__)
@@ -256,12 +256,8 @@ def _model_folders(root: Path) -> list[Path]:
 
 
 def file_sha256(path: Path) -> str:
-    """Hex SHA-256 of a file, read in chunks."""
-    digest = hashlib.sha256()
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+    """Hex SHA-256 of a file, read in chunks (:func:`autoorgan.io.writing.file_digest`)."""
+    return file_digest(path).sha256
 
 
 def install_weights(

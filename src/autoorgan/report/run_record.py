@@ -9,7 +9,6 @@ records of a folder to know each case's latest status.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import logging
 import platform
@@ -24,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from autoorgan import __version__
-from autoorgan.io.writing import write_json
+from autoorgan.io.writing import file_digest, write_json
 from autoorgan.pipeline import BatchResult
 
 log = logging.getLogger(__name__)
@@ -56,13 +55,9 @@ def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
     known = _DIGESTS.get(key)
     if known is not None:
         return known
-    digest = hashlib.sha256()
-    with open(path, "rb") as fh:
-        while block := fh.read(chunk):
-            digest.update(block)
     if len(_DIGESTS) > 64:
         _DIGESTS.clear()
-    _DIGESTS[key] = digest.hexdigest()
+    _DIGESTS[key] = file_digest(path, chunk).sha256
     return _DIGESTS[key]
 
 
