@@ -20,7 +20,6 @@ import sys
 import textwrap
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import pytest
 import SimpleITK as sitk
@@ -346,20 +345,20 @@ def test_continue_recomputes_for_another_model_or_other_speed_settings(tmp_path:
 
 
 def test_the_checkpoint_is_hashed_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    import hashlib
-
     _cases(tmp_path / "in", 3)
-    calls: list[int] = []
+    hashed: list[str] = []
+    digest = run_record.file_digest
 
-    def counting_sha256() -> object:
-        calls.append(1)
-        return hashlib.sha256()
+    def counting_digest(path: Path, *args: object) -> object:
+        hashed.append(Path(path).name)
+        return digest(path, *args)
 
     monkeypatch.setattr(run_record, "_DIGESTS", {})
-    monkeypatch.setattr(run_record, "hashlib", SimpleNamespace(sha256=counting_sha256))
+    monkeypatch.setattr(run_record, "file_digest", counting_digest)
     result = api.predict(input=tmp_path / "in", output=tmp_path / "out", **DEMO)
     assert set(_statuses(result).values()) == {"done"}
-    assert len(calls) == 2  # checkpoint_final.pth and plans.json, for 3 sidecars and the run record
+    # checkpoint_final.pth and plans.json, once each, for 3 sidecars and the run record
+    assert sorted(hashed) == ["checkpoint_final.pth", "plans.json"]
     record = _records(tmp_path / "out")[0]
     sidecar = json.loads((tmp_path / "out" / "c02.json").read_text())
     assert record["model"]["checkpoints"][0]["sha256"] == \
