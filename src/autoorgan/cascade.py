@@ -302,17 +302,12 @@ class TaskMapsStep:
         self.suffix = suffix
 
     def __call__(self, ctx: Any) -> None:
-        from autoorgan.errors import OutputError
         from autoorgan.io.image import image_from_array
-        from autoorgan.io.writing import all_temporaries, remove_abandoned, write_image
+        from autoorgan.io.writing import write_image
+        from autoorgan.outputs import prepare_case_folder
         from autoorgan.safe_paths import path_inside
 
-        folder = path_inside(ctx.outputs.folder, ctx.case.case_id)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
-        remove_abandoned(all_temporaries(folder))  # left by a killed run; a live run's are kept
+        prepare_case_folder(ctx.outputs.folder, ctx.case.case_id)
         written = {}
         for name, labels in ctx.artifacts.get("task_maps", {}).items():
             path = path_inside(ctx.outputs.folder, ctx.case.case_id, f"{name}{self.suffix}")

@@ -17,7 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from autoorgan.io.writing import FileDigest, file_digest, leftover_temporaries, remove_abandoned
+from autoorgan.errors import OutputError
+from autoorgan.io.writing import FileDigest, all_temporaries, file_digest, leftover_temporaries, remove_abandoned
+from autoorgan.safe_paths import path_inside
 
 log = logging.getLogger(__name__)
 
@@ -154,3 +156,16 @@ class CaseOutputs:
 def _as_json(value: Mapping[str, Any]) -> Any:
     """``value`` as it reads back from a sidecar (tuples become lists, keys strings)."""
     return json.loads(json.dumps(value))
+
+
+def prepare_case_folder(output_dir: Path, case_id: str) -> Path:
+    """``OUT/<case>/``, the folder of a case's per-structure masks or per-task maps: proven inside
+    the output folder, created, and cleared of temporary files a killed run left there (a live
+    run's are kept). :class:`~autoorgan.errors.OutputError` if it cannot be created."""
+    folder = path_inside(output_dir, case_id)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
+    remove_abandoned(all_temporaries(folder))
+    return folder

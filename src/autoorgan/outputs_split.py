@@ -17,9 +17,9 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from autoorgan.errors import OutputError
 from autoorgan.io.image import image_from_array
-from autoorgan.io.writing import all_temporaries, remove_abandoned, write_image
+from autoorgan.io.writing import write_image
+from autoorgan.outputs import prepare_case_folder
 from autoorgan.safe_paths import path_inside
 
 if TYPE_CHECKING:
@@ -41,12 +41,7 @@ class SplitMasksStep:
         structures = self.structures if self.structures is not None else ctx.task.labels
         targets = {value: path_inside(ctx.outputs.folder, ctx.case.case_id, f"{structure}{self.suffix}")
                    for value, structure in structures.items()}  # every path checked before anything is written
-        folder = path_inside(ctx.outputs.folder, ctx.case.case_id)
-        try:
-            folder.mkdir(parents=True, exist_ok=True)
-        except OSError as exc:
-            raise OutputError(f"cannot create {folder}: {exc.strerror or exc}") from None
-        remove_abandoned(all_temporaries(folder))  # left by a killed run; a live run's are kept
+        folder = prepare_case_folder(ctx.outputs.folder, ctx.case.case_id)
         files: dict[str, str] = {}
         for value, structure in structures.items():
             mask = (ctx.labels == value).astype(np.uint8)

@@ -25,7 +25,6 @@ from __future__ import annotations
 import json
 import re
 import stat
-import tomllib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
 from functools import lru_cache
@@ -33,6 +32,8 @@ from importlib import resources
 from pathlib import Path
 from types import MappingProxyType
 from typing import Any
+
+import tomllib
 
 from autoorgan.errors import TaskError
 from autoorgan.safe_paths import portable_name_problem, shown
