@@ -123,6 +123,20 @@ def restore_root_logging():  # type: ignore[no-untyped-def]
 # predict: plans.json may name only nnU-Net's own code
 
 
+def _refused_at_predict(models_dir: Path, edit: Any, tmp_path: Path, *fragments: str) -> list[str]:
+    """Edit the model's plans with ``edit``, predict: exit 3 and one line naming plans.json, the
+    offending entries and --trust-checkpoint. Returns the predict arguments for a trusted rerun."""
+    _edit_plans(models_dir, edit)
+    args = _predict_args(models_dir, tmp_path)
+    result = _invoke(*args)
+    assert result.exit_code == 3, result.output
+    lines = _lines(result.output)
+    assert len(lines) == 1 and "Traceback" not in result.output, result.output
+    for fragment in ("plans.json", "--trust-checkpoint", *fragments):
+        assert fragment in lines[0], (fragment, lines[0])
+    return args
+
+
 @pytest.mark.e2e
 def test_plans_naming_a_function_as_network_class_is_refused_and_runs_nothing(
         tmp_path: Path, restore_root_logging: None) -> None:
@@ -134,14 +148,7 @@ def test_plans_naming_a_function_as_network_class_is_refused_and_runs_nothing(
         _arch(configuration)["arch_kwargs"] = {"filename": str(written), "force": True}
         _arch(configuration)["_kw_requires_import"] = []
 
-    _edit_plans(models_dir, hostile)
-    args = _predict_args(models_dir, tmp_path)
-    result = _invoke(*args)
-    assert result.exit_code == 3, result.output
-    lines = _lines(result.output)
-    assert len(lines) == 1, result.output
-    assert "plans.json" in lines[0] and "'logging.basicConfig'" in lines[0] and "--trust-checkpoint" in lines[0]
-    assert "Traceback" not in result.output
+    args = _refused_at_predict(models_dir, hostile, tmp_path, "'logging.basicConfig'")
     assert not written.exists()
     assert not (tmp_path / "out" / "c.nii.gz").exists()
     # The check is what stopped it: trusted, nnU-Net calls logging.basicConfig(filename=...).
@@ -160,14 +167,7 @@ def test_plans_importing_os_system_for_a_layer_is_refused_and_runs_nothing(tmp_p
         kwargs["nonlin"], kwargs["nonlin_kwargs"] = "os.system", {"command": f"touch {marker}"}
         assert "nonlin" in _arch(configuration)["_kw_requires_import"]
 
-    _edit_plans(models_dir, hostile)
-    args = _predict_args(models_dir, tmp_path)
-    result = _invoke(*args)
-    assert result.exit_code == 3, result.output
-    lines = _lines(result.output)
-    assert len(lines) == 1, result.output
-    assert "plans.json" in lines[0] and "'os.system'" in lines[0] and "'nonlin'" in lines[0]
-    assert "--trust-checkpoint" in lines[0]
+    args = _refused_at_predict(models_dir, hostile, tmp_path, "'os.system'", "'nonlin'")
     assert not marker.exists()
     trusted = _invoke(*args, "--trust-checkpoint")
     assert trusted.exit_code == 3, trusted.output
