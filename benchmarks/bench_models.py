@@ -4,11 +4,11 @@
     bench = make_bench_model(Path("/tmp/bench"))            # nnU-Net's default 3d_fullres plans
     bench = make_bench_model(Path("/tmp/bench"), tiny=True)  # a tiny architecture (memory tests)
 
-A few synthetic phantoms (:mod:`autoorgan.phantom`) at 1.5 mm, padded with air to a body-CT
+A few synthetic phantoms (:mod:`autoorgan.demo.phantom`) at 1.5 mm, padded with air to a body-CT
 size, are written as an nnU-Net raw dataset; autoorgan's ``engine.plan_and_preprocess`` runs
 nnU-Net's own fingerprint and experiment planning on them, so the plans — patch size, network
 depth and width, target spacing 1.5 mm — are the ones nnU-Net chooses for such a dataset. The
-checkpoint holds RANDOMLY initialised weights of that network (``engine.write_untrained_checkpoint``):
+checkpoint holds RANDOMLY initialised weights of that network (``tests/untrained_model.py``):
 label maps are noise, which is fine for timing and for comparing two exports of the same logits.
 Figures measured with these models must say "random weights".
 """
@@ -25,10 +25,12 @@ import SimpleITK as sitk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "src"))
+sys.path.insert(0, str(ROOT / "tests"))
 
 from autoorgan import engine
 from autoorgan.demo import DEMO_PLANS
-from autoorgan.phantom import make_phantom
+from autoorgan.demo.phantom import make_phantom
+from untrained_model import write_untrained_checkpoint
 
 #: Dataset ids of the benchmark models (outside the registry's range).
 DEFAULT_ID, TINY_ID = 951, 952
@@ -109,7 +111,7 @@ def make_bench_model(base: Path, *, tiny: bool = False, cases: int = 3, labels: 
     model_folder.mkdir(parents=True, exist_ok=True)
     (model_folder / "plans.json").write_text(plans_file.read_text(encoding="utf-8"), encoding="utf-8")
     (model_folder / "dataset.json").write_text((raw / "dataset.json").read_text(encoding="utf-8"), encoding="utf-8")
-    engine.write_untrained_checkpoint(model_folder, configuration=CONFIGURATION, trainer=TRAINER, seed=seed)
+    write_untrained_checkpoint(model_folder, configuration=CONFIGURATION, trainer=TRAINER, seed=seed)
     tasks_file.write_text(json.dumps({"tasks": {task: {
         "dataset_id": dataset_id, "description": "benchmark model with RANDOM weights (timing only)",
         "trainer": TRAINER, "plans": PLANS, "configuration": CONFIGURATION, "fold": 0, "orientation": "native",

@@ -19,12 +19,12 @@ from pathlib import Path
 import numpy as np
 import SimpleITK as sitk
 
+from autoorgan.batch.job import CaseContext
+from autoorgan.batch.outputs import CaseOutputs
 from autoorgan.io.cases import find_cases
 from autoorgan.io.dicom_seg import DicomSegStep
 from autoorgan.io.reading import read_case
-from autoorgan.outputs import CaseOutputs
-from autoorgan.pipeline import CaseContext
-from autoorgan.tasks import load_registry
+from autoorgan.registry.tasks import load_registry
 
 
 def best(fn: Callable[[], object], repeat: int) -> float:

@@ -37,8 +37,8 @@ from autoorgan.demo import (
     demo_tasks_file,
     train_with_recipe,
 )
-from autoorgan.metrics import dice_per_label
-from autoorgan.tasks import load_registry
+from autoorgan.registry.tasks import load_registry
+from autoorgan.report.metrics import dice_per_label
 
 #: The variants, as ``api.predict`` keywords on top of the default.
 VARIANTS: dict[str, dict[str, object]] = {

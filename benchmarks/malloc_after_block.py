@@ -2,7 +2,7 @@
 
     python benchmarks/malloc_after_block.py [--repeats 3] [--iterations 30]
 
-The CPU sliding window runs inside :func:`autoorgan.cpu_runtime.freed_memory_reused`, which
+The CPU sliding window runs inside :func:`autoorgan.engine.cpu_runtime.freed_memory_reused`, which
 changes glibc's malloc settings and puts them back afterwards. A process often goes on with
 other work (the test suite trains models after predicting; a notebook predicts, then trains), so
 what "back" means shows in that work's speed. Each run is a fresh process that either does
@@ -27,7 +27,7 @@ def _probe(mode: str, iterations: int) -> float:
     """One measurement, in this process (called in a fresh child process by :func:`main`)."""
     import torch
 
-    from autoorgan import cpu_runtime
+    from autoorgan.engine import cpu_runtime
 
     torch.manual_seed(0)
     torch.set_num_threads(2)

@@ -12,7 +12,7 @@ time. These are the levers "half precision on CPU", "thread settings", "tiles pe
 "memory layout" (``--channels-last``: network and tiles in ``torch.channels_last_3d``), "graph
 optimisation" (``--jit``: ``torch.jit.freeze`` and ``optimize_for_inference``, which hand the
 convolutions to oneDNN with fused activations), "denormals" (``--flush-denormal``) and "freed
-memory reused" (``--reuse-memory``: :func:`autoorgan.cpu_runtime.freed_memory_reused`, glibc's
+memory reused" (``--reuse-memory``: :func:`autoorgan.engine.cpu_runtime.freed_memory_reused`, glibc's
 heap keeps the activations' memory from call to call instead of unmapping it); the
 result decides whether autoorgan uses them (see the README's "Speed and memory" and
 ``engine.tile_batch_size``).
@@ -55,7 +55,8 @@ def time_calls(run: Any, x: Any, dtype: str, batch: int, warmup: int, repeats: i
 def main() -> None:
     import torch
 
-    from autoorgan import cpu_runtime, engine
+    from autoorgan import engine
+    from autoorgan.engine import cpu_runtime
 
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--work", type=Path, required=True)

@@ -34,7 +34,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from bench_models import BenchModel, make_bench_model, synthetic_ct
 from measure import compare
 
-from autoorgan.metrics import dice_per_label
+from autoorgan.report.metrics import dice_per_label
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -21,10 +21,10 @@ import time
 from pathlib import Path
 
 import numpy as np
+from repair_cases import ReferenceCase, phantom_case, totalsegmentator_case
+from repair_corruptions import evaluate, repair_case_map, unscored_corruptions
 
 from autoorgan.io.image import Geometry
-from autoorgan.postprocess.benchmark import evaluate, repair_case_map, unscored_corruptions
-from autoorgan.postprocess.cases import ReferenceCase, phantom_case, totalsegmentator_case
 
 ORIENTATIONS = ("as stored", "LPS", "PIR", "LAS")
 

@@ -7,7 +7,7 @@
 
 Models: one tiny nnU-Net model per task (skeleton, vertebrae, ribs, upper_limb, hip, lower_limb,
 organs), *briefly trained* by ``autoorgan train`` (schedule: :data:`SCHEDULE`, architecture:
-:data:`BENCH_PLANS`) on whole-body phantoms (:func:`autoorgan.phantom.make_phantom`, 400 × 400 ×
+:data:`BENCH_PLANS`) on whole-body phantoms (:func:`autoorgan.demo.phantom.make_phantom`, 400 × 400 ×
 900 mm at :data:`TRAIN_SPACING`) whose truth is written in each task's label space. They are
 trained once and kept in ``--models`` (nnU-Net results layout); later runs reuse them.
 
@@ -53,10 +53,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from measure import Comparison, Measurement, run_measured
 
 from autoorgan.demo import DEMO_PLANS
-from autoorgan.metrics import dice
-from autoorgan.models import find_model
-from autoorgan.phantom import make_phantom
-from autoorgan.tasks import Task, load_registry
+from autoorgan.demo.phantom import make_phantom
+from autoorgan.models.store import find_model
+from autoorgan.registry.tasks import Task, load_registry
+from autoorgan.report.metrics import dice
 
 log = logging.getLogger("whole_body_benchmark")
 
@@ -315,7 +315,7 @@ def _read(path: Path) -> np.ndarray:
 def check_outputs(whole_map: Path, nnunet_outs: Mapping[str, Path], truth: Mapping[str, Path],
                   tasks: Sequence[Task], skeleton: Task) -> dict[str, dict[str, dict[str, float]]]:
     """Per task: Dice of autoorgan's whole-body map (mapped back) against nnU-Net's map, and nnU-Net's against truth."""
-    from autoorgan.whole_body import whole_body_table
+    from autoorgan.registry.whole_body import whole_body_table
 
     table = whole_body_table()
     whole_image = sitk.ReadImage(str(whole_map))

@@ -15,7 +15,7 @@ it replaces the installed demo model, the fresh model runs the demo (:func:`auto
 on its own phantom) and must reach Dice >= ``DEMO_MIN_DICE`` on every structure; otherwise the
 script stops with exit code 1 and leaves the installed model as it was. After installing, it
 packs the demo model into a byte-reproducible release zip and records its checksum in
-``configs/model_checksums.json`` (see :mod:`autoorgan.releases`). The result is a demo model: it
+``configs/model_checksums.json`` (see :mod:`autoorgan.models.releases`). The result is a demo model: it
 is not for real CT.
 """
 
@@ -43,8 +43,8 @@ from autoorgan.demo import (
     train_with_recipe,
 )
 from autoorgan.io.writing import write_json
-from autoorgan.releases import default_table_path, release_entry, write_release_zip
-from autoorgan.tasks import load_registry
+from autoorgan.models.releases import default_table_path, release_entry, write_release_zip
+from autoorgan.registry.tasks import load_registry
 
 log = logging.getLogger("make_demo_model")
 #: What prediction needs of an nnU-Net checkpoint.
@@ -86,7 +86,7 @@ def record_release(models: Path, releases_dir: Path, table_path: Path) -> dict[s
     archive = write_release_zip(models, releases_dir / RELEASE_NAME)
     entry = release_entry(archive, task=DEMO_TASK, version=time.strftime("%Y-%m-%d"),
                           note="demo model (synthetic phantoms only, not for real CT); rebuild the zip "
-                               "from the shipped files with autoorgan.releases.write_release_zip")
+                               "from the shipped files with autoorgan.models.releases.write_release_zip")
     table = json.loads(table_path.read_text(encoding="utf-8")) if table_path.is_file() else {"releases": []}
     table["releases"] = [r for r in table.get("releases", []) if r.get("file") != RELEASE_NAME] + [entry]
     write_json(table, table_path)

@@ -1,28 +1,25 @@
-"""Shared fixtures: the real test data folder, synthetic phantoms, and a real nnU-Net model
-trained once per test session with autoorgan's own training path."""
+"""Shared fixtures: the real test data folder, synthetic phantoms, and real nnU-Net models: the
+fixture model installed from its checked-in zip (tests/data/models, made by
+tests/build_fixture_models.py with autoorgan's own training path), and one short training through
+``autoorgan train`` per session for the tests that need a model trained here."""
 
 from __future__ import annotations
 
-import json
 import os
-import shutil
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import SimpleITK as sitk
 
-from autoorgan.models import find_model
-from autoorgan.phantom import reorient
 from fixture_model import (
-    FIXTURE_TASK,
-    TINY_PLANS,
-    TRAIN_ORIENTATIONS,
-    TRAIN_SEEDS,
-    pelvis_phantom,
-    train_schedule_options,
+    FIXTURE_ARCHIVES,
+    SHORT_TRAIN_SCHEDULE,
+    FixtureModelError,
+    install_fixture_archives,
+    train_fixture_model,
 )
-from multitask_fixtures import whole_body_models  # noqa: F401 - session fixture of the multi-task tests
+
+#: The multi-task tests' session fixture (whole_body_models) lives there.
+pytest_plugins = ["multitask_fixtures"]
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -46,38 +43,41 @@ def _no_ambient_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
         monkeypatch.delenv(var, raising=False)
 
 
+#: Marker of the tests whose ``trained_models`` must come from a training run in this session
+#: (nnU-Net's training folder as ``autoorgan train`` leaves it: debug.json, logs, local paths).
+FRESH_TRAINING = "fresh_training"
+
+
+def pytest_generate_tests(metafunc: pytest.Metafunc) -> None:
+    if "trained_models" in metafunc.fixturenames and metafunc.definition.get_closest_marker(FRESH_TRAINING):
+        metafunc.parametrize("trained_models", [FRESH_TRAINING], indirect=True)
+
+
 @pytest.fixture(scope="session")
-def trained_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A models folder holding a real nnU-Net model of the fixture task, trained by ``autoorgan train``."""
-    from typer.testing import CliRunner
+def hip_trained_here(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with a fixture-task model trained in this session by ``autoorgan train``
+    (the fixture recipe with :data:`SHORT_TRAIN_SCHEDULE`)."""
+    try:
+        return train_fixture_model(tmp_path_factory.mktemp("hip_trained_here"), SHORT_TRAIN_SCHEDULE)
+    except RuntimeError as exc:
+        pytest.fail(str(exc))
 
-    from autoorgan.cli import app
-    from autoorgan.tasks import load_registry
 
-    # For quick local iterations a developer may keep the trained model between sessions
-    # (AUTOORGAN_TEST_MODEL_CACHE=folder); CI never sets it and trains afresh.
-    cache = os.environ.get("AUTOORGAN_TEST_MODEL_CACHE")
-    base = Path(cache) if cache else tmp_path_factory.mktemp("fixture_model")
-    task = load_registry().get_task(FIXTURE_TASK)
-    if cache and find_model(task, base / "models") is not None:
-        yield base / "models"
-        return
-    shutil.rmtree(base, ignore_errors=True)
-    data = base / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    for i, (seed, codes) in enumerate(zip(TRAIN_SEEDS, TRAIN_ORIENTATIONS, strict=True)):
-        phantom = pelvis_phantom(seed)
-        sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
-        sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
-    models = base / "models"
-    plans_override = base / "tiny_plans.json"
-    plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
-    result = CliRunner().invoke(app, [
-        "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
-        "--work-dir", str(base / "work"), "--device", "cpu", *train_schedule_options(),
-        "--plans-override", str(plans_override), "--augmentation-workers", "0", "--quiet",
-    ])
-    if result.exit_code != 0:
-        pytest.fail(f"autoorgan train failed (exit {result.exit_code}): {result.output}{result.exception!r}")
-    yield models
+@pytest.fixture(scope="session")
+def installed_fixture_model(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A models folder with the fixture model's checked-in zip (trained by ``autoorgan train`` with
+    the fixture recipe), installed by ``autoorgan install-weights`` after its SHA-256 was checked."""
+    models = tmp_path_factory.mktemp("fixture_model") / "models"
+    try:
+        return install_fixture_archives(FIXTURE_ARCHIVES["trained_models"], models)
+    except FixtureModelError as exc:
+        pytest.fail(str(exc))
+
+
+@pytest.fixture(scope="session")
+def trained_models(request: pytest.FixtureRequest) -> Path:
+    """A models folder holding a real nnU-Net model of the fixture task: :func:`installed_fixture_model`,
+    or for tests marked ``fresh_training``, :func:`hip_trained_here`."""
+    if getattr(request, "param", None) == FRESH_TRAINING:
+        return request.getfixturevalue("hip_trained_here")
+    return request.getfixturevalue("installed_fixture_model")

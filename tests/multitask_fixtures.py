@@ -3,14 +3,14 @@
 phantoms continued upwards by soft tissue (the kind of image the tests predict), in one models
 folder.
 
-Like ``trained_models`` (conftest.py), the models are kept between local sessions when
-``AUTOORGAN_TEST_MODEL_CACHE`` is set (in its ``whole_body/`` subfolder); CI trains afresh.
+The session fixture installs the models from the checked-in zips of ``tests/data/models``
+(``autoorgan install-weights``, after their SHA-256 is checked); :func:`train_whole_body_models`
+is how ``tests/build_fixture_models.py`` trains them.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -19,11 +19,11 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.demo.phantom import Phantom, make_phantom
 from autoorgan.io.image import Geometry, image_from_array
-from autoorgan.models import find_model
-from autoorgan.phantom import Phantom, make_phantom
-from autoorgan.tasks import load_registry
-from fixture_model import TINY_PLANS
+from autoorgan.models.store import find_model
+from autoorgan.registry.tasks import load_registry
+from fixture_model import FIXTURE_ARCHIVES, TINY_PLANS, FixtureModelError, install_fixture_archives
 
 #: Tasks trained here: the skeleton and two subdivision models.
 WHOLE_BODY_TASKS = ("skeleton", "hip", "lower_limb")
@@ -84,7 +84,7 @@ def train_whole_body_models(base: Path) -> Path:
     """Train the models of :data:`WHOLE_BODY_TASKS` into ``base/models`` (skipping those present)."""
     from typer.testing import CliRunner
 
-    from autoorgan.cli import app
+    from autoorgan.cli.app import app
 
     registry = load_registry()
     models = base / "models"
@@ -119,12 +119,12 @@ def train_whole_body_models(base: Path) -> Path:
 
 @pytest.fixture(scope="session")
 def whole_body_models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """A models folder with real skeleton, hip and lower_limb models."""
-    cache = os.environ.get("AUTOORGAN_TEST_MODEL_CACHE")
-    base = Path(cache) / "whole_body" if cache else tmp_path_factory.mktemp("whole_body_models")
+    """A models folder with real skeleton, hip and lower_limb models (trained by
+    :func:`train_whole_body_models`, installed from their checked-in zips)."""
+    models = tmp_path_factory.mktemp("whole_body_models") / "models"
     try:
-        models = train_whole_body_models(base)
-    except RuntimeError as exc:
+        install_fixture_archives(FIXTURE_ARCHIVES["whole_body_models"], models)
+    except FixtureModelError as exc:
         pytest.fail(str(exc))
     yield models
 

@@ -6,7 +6,7 @@ import numpy as np
 
 from autoorgan.io.image import Geometry
 from autoorgan.io.orientation import plan_reorientation, reoriented_geometry
-from autoorgan.tasks import load_registry
+from autoorgan.registry.tasks import load_registry
 
 RIBS = load_registry().get_task("ribs").labels
 VERTEBRAE = load_registry().get_task("vertebrae").labels

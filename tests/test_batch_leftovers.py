@@ -13,20 +13,20 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
-from autoorgan.dataset import find_training_cases
-from autoorgan.errors import InputError
-from autoorgan.models import require_model
-from autoorgan.io.writing import file_digest
-from autoorgan.outputs import (
+from autoorgan.batch.outputs import (
     LABEL_SHA256_KEY,
     LABEL_SIZE_KEY,
     OUTPUT_OPTIONS_KEY,
     CaseOutputs,
     reserved_case_id_problem,
 )
+from autoorgan.cli.app import app
+from autoorgan.errors import InputError
+from autoorgan.io.writing import file_digest
+from autoorgan.models.store import require_model
+from autoorgan.registry.tasks import load_registry
 from autoorgan.report.run_record import RECORD_GLOB
-from autoorgan.tasks import load_registry
+from autoorgan.training.dataset import find_training_cases
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 runner = CliRunner()
@@ -88,7 +88,7 @@ def test_output_error_mid_batch_leaves_a_run_record_with_the_done_cases(trained_
 
 
 def test_completed_batches_record_no_abort(tmp_path: Path) -> None:
-    from autoorgan.pipeline import BatchResult, CaseResult
+    from autoorgan.batch.job import BatchResult, CaseResult
     from autoorgan.report.run_record import RunRecorder
 
     recorder = RunRecorder(part_id=0, num_parts=1, options={"task": "hip"})
@@ -180,7 +180,7 @@ def test_continue_with_other_output_options_redoes_the_case(trained_models: Path
     assert set(np.unique(kept)) <= {0, 3} and np.array_equal(kept == 3, first == 3)
     assert run(output_type="nrrd", roi_subset=["Sacrum"]) == "skipped"
     assert run(output_type="nrrd", roi_subset="sacrum", postprocess=False) == "done"
-    assert json.loads((out / "c.json").read_text())[OUTPUT_OPTIONS_KEY]["postprocess"] is False
+    assert json.loads((out / "c.json").read_text())[OUTPUT_OPTIONS_KEY]["postprocess"] == []  # no task repaired
     assert run(output_type="nrrd", roi_subset="sacrum", postprocess=False) == "skipped"
 
 

@@ -13,9 +13,9 @@ import torch
 from typer.testing import CliRunner
 
 from autoorgan import engine
-from autoorgan.cli import app
-from autoorgan.models import require_model
-from autoorgan.tasks import load_registry
+from autoorgan.cli.app import app
+from autoorgan.models.store import require_model
+from autoorgan.registry.tasks import load_registry
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e

@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autoorgan.cli import app
-from autoorgan.tasks import load_registry
+from autoorgan.cli.app import app
+from autoorgan.registry.tasks import load_registry
 
 runner = CliRunner()
 
@@ -109,7 +109,7 @@ def test_module_entry_point_and_version() -> None:
 
 
 def test_help_does_not_import_torch() -> None:
-    code = "import sys; from autoorgan.cli import app; print('torch' in sys.modules, 'nnunetv2' in sys.modules)"
+    code = "import sys; from autoorgan.cli.app import app; print('torch' in sys.modules, 'nnunetv2' in sys.modules)"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.split() == ["False", "False"]
 

@@ -14,9 +14,8 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from autoorgan.sharding import shard_of
-from autoorgan.status import collect_status
-
+from autoorgan.batch.sharding import shard_of
+from autoorgan.batch.status import collect_status
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 from slurm_local import LocalSlurm, slurm_available
 
@@ -39,6 +38,7 @@ def _summary_counts(text: str) -> tuple[int, int, int]:
     return int(match[1]), int(match[2]), int(match[3])
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not slurm_available(), reason="slurmctld/slurmd/munged not installed (CI installs slurm-wlm)")
 def test_slurm_job_array_does_every_case_once(trained_models: Path, tmp_path: Path) -> None:
     names = _inputs(tmp_path / "in", 6)
@@ -66,6 +66,7 @@ def test_slurm_job_array_does_every_case_once(trained_models: Path, tmp_path: Pa
     print(f"slurm array of 3 tasks on {len(names)} cases: {seconds:.1f} s including cluster start and stop")
 
 
+@pytest.mark.slow
 def test_multi_gpu_script_runs_every_shard_and_reports_failures(trained_models: Path, tmp_path: Path) -> None:
     names = _inputs(tmp_path / "in", 3)
     script = ROOT / "scripts" / "predict_multi_gpu.sh"

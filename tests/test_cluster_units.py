@@ -10,13 +10,14 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from autoorgan.cli import _forwarded_predict_args, app
+from autoorgan.batch.failures import clear_failure, error_record_path, read_failure, write_failure
+from autoorgan.batch.launcher import parse_devices, plan_workers, worker_command
+from autoorgan.batch.sharding import resolve_shard, shard_from_slurm, shard_of
+from autoorgan.batch.status import collect_status
+from autoorgan.cli.app import app, worker_arguments
 from autoorgan.errors import InputError
-from autoorgan.failures import clear_failure, error_record_path, read_failure, write_failure
 from autoorgan.io.writing import file_digest
-from autoorgan.launcher import parse_devices, plan_workers, worker_command
-from autoorgan.sharding import resolve_shard, shard_from_slurm, shard_of
-from autoorgan.status import collect_status
+from autoorgan.options import PredictOptions
 
 runner = CliRunner()
 
@@ -97,9 +98,10 @@ def test_plan_workers_cpu_share_threads() -> None:
 
 
 def test_worker_command_repeats_options_with_its_shard() -> None:
-    args = _forwarded_predict_args(task="hip", input=Path("in"), output=Path("out"), resume=True, skip_failed=False,
+    args = worker_arguments(task="hip", input=Path("in"), output=Path("out"),
+                            options=PredictOptions(resume=True, skip_failed=False,
                                    models_dir=Path("m"), tasks_file=None, dataset_id=None, trainer=None, fold="all",
-                                   configuration=None, plans=None, step_size=0.75)
+                                   configuration=None, plans=None, step_size=0.75))
     assert args == ["--task", "hip", "--input", "in", "--output", "out", "--step-size", "0.75", "--continue",
                     "--models-dir", "m", "--fold", "all"]
     spec = plan_workers(devices=None, workers=2, device="cpu", env={}, cpu_count=2)[1]

@@ -17,7 +17,7 @@ import sys
 import pytest
 import torch
 
-from autoorgan import cpu_runtime
+from autoorgan.engine import cpu_runtime
 
 MIB = 1024 * 1024
 
@@ -57,6 +57,7 @@ def skip_without_faults(faults: list[int]) -> None:
         pytest.skip(f"a network call faulted only {min(faults)} pages in by default (huge pages?): nothing to save")
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_a_network_reuses_freed_memory_inside_and_hands_it_back_after() -> None:
     network = small_network()
@@ -72,6 +73,7 @@ def test_a_network_reuses_freed_memory_inside_and_hands_it_back_after() -> None:
     assert min(faults_per_call(network, 3)) > 1000, "the defaults were not restored"
 
 
+@pytest.mark.slow
 @needs_glibc
 def test_nested_uses_share_one_setting() -> None:
     network = small_network()
@@ -106,7 +108,7 @@ def test_only_the_cpu_gets_the_setting() -> None:
 #: Each observation starts from a trimmed heap, so that the top of the heap cannot serve it.
 PROBE = r"""
 import ctypes, json, sys
-from autoorgan import cpu_runtime
+from autoorgan.engine import cpu_runtime
 
 libc = ctypes.CDLL(None)
 

@@ -10,7 +10,7 @@ import pytest
 import SimpleITK as sitk
 from typer.testing import CliRunner
 
-from autoorgan.cli import app
+from autoorgan.cli.app import app
 from autoorgan.demo import DEMO_NOTE, demo_models_dir
 
 pytestmark = pytest.mark.e2e
@@ -39,6 +39,7 @@ def test_demo_model_is_small_and_marked_as_demo() -> None:
     assert dataset["description"] == DEMO_NOTE
 
 
+@pytest.mark.slow
 def test_wheel_ships_the_demo_model(tmp_path: Path) -> None:
     import subprocess
     import sys

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from autoorgan.demo import (
     DEMO_MIN_DICE,
     DEMO_SCHEDULE,
@@ -14,7 +16,7 @@ from autoorgan.demo import (
     TRAINING_SEEDS,
     demo_shortfalls,
 )
-from autoorgan.phantom import reorient
+from autoorgan.demo.phantom import reorient
 from fixture_model import TRAIN_ORIENTATIONS, TRAIN_SEEDS, pelvis_phantom, train_schedule_options
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -42,6 +44,7 @@ def test_fixture_model_trains_with_the_demo_recipe() -> None:
         assert sorted(image.GetSize()) == sorted(phantom.ct.GetSize())
 
 
+@pytest.mark.slow
 def test_script_has_no_shortcut_around_training_and_evaluation() -> None:
     result = subprocess.run([sys.executable, str(ROOT / "scripts" / "make_demo_model.py"), "--help"],
                             check=False, capture_output=True, text=True, timeout=300)

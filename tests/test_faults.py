@@ -19,11 +19,10 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
-from autoorgan.outputs import CaseOutputs
-from autoorgan.sharding import shard_of
-from autoorgan.status import collect_status
-
+from autoorgan.batch.outputs import CaseOutputs
+from autoorgan.batch.sharding import shard_of
+from autoorgan.batch.status import collect_status
+from autoorgan.cli.app import app
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -80,6 +79,7 @@ def _assert_matches_reference(out: Path, reference: Path, names: list[str], inpu
     assert not [p.name for p in out.iterdir() if p.name.startswith(".")], "temporary files left behind"
 
 
+@pytest.mark.slow
 def test_workers_give_the_single_process_outputs(batch: tuple[Path, Path], trained_models: Path,
                                                  tmp_path: Path) -> None:
     inputs, reference = batch
@@ -93,6 +93,7 @@ def test_workers_give_the_single_process_outputs(batch: tuple[Path, Path], train
         [f"{n}.nii.gz" for n in NAMES] + [f"{n}.json" for n in NAMES])
 
 
+@pytest.mark.slow
 def test_failed_case_record_retry_and_skip(batch: tuple[Path, Path], trained_models: Path, tmp_path: Path) -> None:
     inputs, reference = batch
     inp, out = tmp_path / "in", tmp_path / "out"
@@ -128,6 +129,7 @@ def test_failed_case_record_retry_and_skip(batch: tuple[Path, Path], trained_mod
                           sitk.GetArrayFromImage(sitk.ReadImage(str(reference / f"{NAMES[2]}.nii.gz"))))
 
 
+@pytest.mark.slow
 def test_kill_9_then_continue_recomputes_exactly_the_missing(batch: tuple[Path, Path], trained_models: Path,
                                                              tmp_path: Path) -> None:
     inputs, reference = batch
@@ -153,6 +155,7 @@ def test_kill_9_then_continue_recomputes_exactly_the_missing(batch: tuple[Path, 
     _assert_matches_reference(out, reference, NAMES, inputs)
 
 
+@pytest.mark.slow
 def test_two_shards_on_one_folder_at_once(batch: tuple[Path, Path], trained_models: Path, tmp_path: Path) -> None:
     inputs, reference = batch
     out = tmp_path / "out"
@@ -217,6 +220,7 @@ def _limit_file_size() -> None:
     resource.setrlimit(resource.RLIMIT_FSIZE, (300, 300))
 
 
+@pytest.mark.slow
 def test_output_that_cannot_grow_is_one_clear_error_and_leaves_nothing(batch: tuple[Path, Path],
                                                                       trained_models: Path, tmp_path: Path) -> None:
     inputs, _ = batch

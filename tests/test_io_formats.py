@@ -8,11 +8,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.demo.phantom import reorient
 from autoorgan.errors import CaseError
 from autoorgan.io.cases import find_cases
 from autoorgan.io.reading import read_case
-from autoorgan.phantom import reorient
-
 from fixture_model import pelvis_phantom
 
 

@@ -11,10 +11,9 @@ import pytest
 import SimpleITK as sitk
 
 from autoorgan import api
+from autoorgan.demo.phantom import reorient
 from autoorgan.io.orientation import direction_to_axcodes
-from autoorgan.metrics import dice_per_label
-from autoorgan.phantom import reorient
-
+from autoorgan.report.metrics import dice_per_label
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -72,6 +71,7 @@ def test_phantom_permutations_flips_and_oblique(trained_models: Path, tmp_path: 
                                 need_labels=True)
 
 
+@pytest.mark.slow
 def test_real_lps_crop(trained_models: Path, real_data: Path, tmp_path: Path) -> None:
     ct = sitk.ReadImage(str(real_data / "totalsegmentator" / "aorta_report" / "test_result" / "models"
                             / "ct_cropped.nii.gz"))

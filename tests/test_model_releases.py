@@ -12,19 +12,19 @@ from pathlib import Path
 import pytest
 from typer.testing import CliRunner
 
-from autoorgan import releases
-from autoorgan.cli import app
+from autoorgan.cli.app import app
 from autoorgan.demo import demo_models_dir
 from autoorgan.errors import InstallError
-from autoorgan.models import install_weights
-from autoorgan.releases import (
+from autoorgan.models import releases
+from autoorgan.models.releases import (
     check_known_release,
     default_table_path,
     load_release_table,
     parse_release_table,
     write_release_zip,
 )
-from autoorgan.tasks import load_registry
+from autoorgan.models.store import install_weights
+from autoorgan.registry.tasks import load_registry
 
 runner = CliRunner()
 
@@ -85,7 +85,7 @@ def test_known_release_installs_verified(tmp_path: Path) -> None:
 
 def test_renamed_known_release_is_recognised_by_its_checksum(tmp_path: Path, caplog: pytest.LogCaptureFixture) -> None:
     archive = write_release_zip(demo_models_dir(), tmp_path / "downloaded (1).zip")
-    with caplog.at_level(logging.INFO, logger="autoorgan.releases"):
+    with caplog.at_level(logging.INFO, logger="autoorgan.models.releases"):
         release = check_known_release(archive)
     assert release is not None and release.file == DEMO_RELEASE
     assert f"downloaded (1).zip: verified as known release {DEMO_RELEASE}" in caplog.text
@@ -138,6 +138,7 @@ def test_malformed_tables_are_refused() -> None:
     assert parse_release_table({"releases": [{"file": "a.zip", "sha256": "A" * 64}]}, "t.json")["a.zip"].sha256 == "a" * 64
 
 
+@pytest.mark.slow
 def test_checksum_table_ships_in_the_wheel(tmp_path: Path) -> None:
     import subprocess
     import sys
@@ -154,6 +155,8 @@ def test_checksum_table_ships_in_the_wheel(tmp_path: Path) -> None:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
+@pytest.mark.fresh_training
 def test_export_has_no_debug_json_and_no_local_paths(trained_models: Path, tmp_path: Path) -> None:
     archive = tmp_path / "export" / "hip_model.zip"
     result = runner.invoke(app, ["export-weights", "--task", "hip", "-o", str(archive), "--models-dir",

@@ -13,12 +13,12 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
-from autoorgan.metrics import dice_per_label
-from autoorgan.phantom import reorient
-from autoorgan.pipeline import ProgressListener
-from autoorgan.tasks import load_registry
-from autoorgan.whole_body import whole_body_table
+from autoorgan.batch.job import ProgressListener
+from autoorgan.cli.app import app
+from autoorgan.demo.phantom import reorient
+from autoorgan.registry.tasks import load_registry
+from autoorgan.registry.whole_body import whole_body_table
+from autoorgan.report.metrics import dice_per_label
 from multitask_fixtures import SOFT_TISSUE_ABOVE_MM, lower_body_phantom, with_soft_tissue_above, without
 
 pytestmark = pytest.mark.e2e
@@ -90,6 +90,7 @@ def _predict(cases: Path, out: Path, models: Path, *options: str) -> None:
     assert result.exit_code == 0, result.output
 
 
+@pytest.mark.slow
 def test_cascade_runs_fewer_tiles_and_gives_the_whole_images_labels_in_its_box(
         whole_body_models: Path, lower_body_cases: Path, tmp_path: Path) -> None:
     """The models' own labels (no repair): each subdivision model (hip, lower_limb) runs only the

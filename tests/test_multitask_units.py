@@ -10,19 +10,20 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from autoorgan.cascade import class_box, half_patch_mm, margin_voxels
-from autoorgan.cli import _forwarded_predict_args, app
+from autoorgan.cli.app import app, worker_arguments
 from autoorgan.errors import InputError, TaskError
 from autoorgan.io.orientation import plan_reorientation
-from autoorgan.multitask import (
+from autoorgan.options import PredictOptions
+from autoorgan.registry.selection import (
     is_multi_task,
     resolve_task_selection,
     selection_name,
     split_task_selection,
     whole_body_task,
 )
-from autoorgan.tasks import load_registry
-from autoorgan.whole_body import SUBDIVISION_PRECEDENCE, merge_task_maps, to_whole_body, whole_body_table
+from autoorgan.registry.tasks import load_registry
+from autoorgan.registry.whole_body import SUBDIVISION_PRECEDENCE, merge_task_maps, to_whole_body, whole_body_table
+from autoorgan.steps.cascade import class_box, half_patch_mm, margin_voxels
 
 runner = CliRunner()
 ROOT = Path(__file__).resolve().parents[1]
@@ -198,19 +199,21 @@ def test_cli_refuses_what_cannot_work_with_several_tasks(tmp_path: Path, args: l
 
 
 def test_workers_get_the_task_set_and_cascade_options() -> None:
-    args = _forwarded_predict_args(task="skeleton,hip", input=Path("in"), output=Path("out"), step_size=None,
-                                   cascade=False, cascade_margin=35.0, keep_task_maps=True)
+    args = worker_arguments(task="skeleton,hip", input=Path("in"), output=Path("out"),
+                            options=PredictOptions(step_size=None,
+                                   cascade=False, cascade_margin=35.0, keep_task_maps=True))
     assert args[:2] == ["--task", "skeleton,hip"]
     assert "--no-cascade" in args and "--keep-task-maps" in args
     assert args[args.index("--cascade-margin") + 1] == "35.0"
-    plain = _forwarded_predict_args(task="hip", input=Path("in"), output=Path("out"), step_size=None, cascade=True)
+    plain = worker_arguments(task="hip", input=Path("in"), output=Path("out"),
+                            options=PredictOptions(step_size=None, cascade=True))
     assert "--no-cascade" not in plain and "--cascade-margin" not in plain
 
 
 # --- post-processing of a multi-task run ------------------------------------------------------
 
 def test_ribs_are_numbered_from_the_vertebrae_of_the_same_run() -> None:
-    from autoorgan.cascade import repair_task_map
+    from autoorgan.steps.cascade import repair_task_map
     from postprocess_maps import RAS, RIB, VERTEBRAE, spine_and_ribs
 
     reference, vertebrae = spine_and_ribs()

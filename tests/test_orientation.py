@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.demo.phantom import reorient, rotate
 from autoorgan.io.image import Geometry
 from autoorgan.io.orientation import direction_to_axcodes, plan_reorientation, reoriented_geometry
-from autoorgan.phantom import reorient, rotate
 
 ALL_CODES = ["".join(p) for p in itertools.product("RL", "AP", "SI")]
 ALL_CODES = sorted({"".join(perm) for code in ALL_CODES for perm in itertools.permutations(code)})

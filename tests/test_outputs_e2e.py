@@ -15,8 +15,7 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
-
+from autoorgan.cli.app import app
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -50,6 +49,7 @@ def _series_image(folder: Path) -> sitk.Image:
     return reader.Execute()
 
 
+@pytest.mark.slow
 def test_real_dicom_series_to_label_map_masks_and_dicom_seg(trained_models: Path, real_data: Path,
                                                             tmp_path: Path) -> None:
     series = real_data / "totalsegmentator" / "example_ct_dicom"
@@ -98,6 +98,7 @@ def test_real_dicom_series_to_label_map_masks_and_dicom_seg(trained_models: Path
         assert not value or value not in text
 
 
+@pytest.mark.slow
 def test_dicom_seg_references_the_source_series(trained_models: Path, real_data: Path, tmp_path: Path) -> None:
     # The real series with the UIDs its anonymisation blanked put back (pixel data untouched).
     source = tmp_path / "series"

@@ -4,22 +4,21 @@ from __future__ import annotations
 
 import os
 import time
-
 from pathlib import Path
 
 import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.batch.job import CaseContext
+from autoorgan.batch.outputs import CaseOutputs
 from autoorgan.errors import InputError
 from autoorgan.io.cases import Case
 from autoorgan.io.dicom_seg import structure_code
 from autoorgan.io.image import Geometry, Volume
-from autoorgan.outputs import CaseOutputs
-from autoorgan.outputs_split import SplitMasksStep
-from autoorgan.pipeline import CaseContext
-from autoorgan.roi import RoiSubsetStep, keep_labels, resolve_roi_subset
-from autoorgan.tasks import load_registry
+from autoorgan.registry.tasks import load_registry
+from autoorgan.steps.roi import RoiSubsetStep, keep_labels, resolve_roi_subset
+from autoorgan.steps.split import SplitMasksStep
 
 ORGANS = {1: "spleen", 2: "kidney_right", 3: "kidney_left", 5: "liver"}
 
@@ -108,14 +107,17 @@ def test_structures_get_snomed_codes(name: str, code: str, meaning: str) -> None
 
 
 def test_worker_processes_get_the_output_options() -> None:
-    from autoorgan.cli import _forwarded_predict_args
+    from autoorgan.cli.app import worker_arguments
+    from autoorgan.options import PredictOptions
 
-    args = _forwarded_predict_args(task="hip", input=Path("in"), output=Path("out"), step_size=0.5, models_dir=None,
+    args = worker_arguments(task="hip", input=Path("in"), output=Path("out"),
+                            options=PredictOptions(step_size=0.5, models_dir=None,
                                    tasks_file=None, dataset_id=None, trainer=None, fold=None, configuration=None,
                                    plans=None, output_type="dicom-seg", split=True, split_only=False,
-                                   roi_subset="sacrum,hip_left")
+                                   roi_subset="sacrum,hip_left"))
     assert args[-5:] == ["--split", "--output-type", "dicom-seg", "--roi-subset", "sacrum,hip_left"]
-    plain = _forwarded_predict_args(task="hip", input=Path("in"), output=Path("out"), step_size=0.5, models_dir=None,
+    plain = worker_arguments(task="hip", input=Path("in"), output=Path("out"),
+                            options=PredictOptions(step_size=0.5, models_dir=None,
                                     tasks_file=None, dataset_id=None, trainer=None, fold=None, configuration=None,
-                                    plans=None, output_type="nifti", split=False, split_only=False, roi_subset=None)
+                                    plans=None, output_type="nifti", split=False, split_only=False, roi_subset=None))
     assert "--output-type" not in plain and "--split" not in plain and "--roi-subset" not in plain

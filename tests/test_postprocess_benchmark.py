@@ -6,10 +6,15 @@ Restored: at least 95% of corrupted voxels get their reference label back; colla
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
-from autoorgan.postprocess.benchmark import Row, evaluate, unscored_corruptions
-from autoorgan.postprocess.cases import phantom_case, totalsegmentator_case
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from repair_cases import phantom_case, totalsegmentator_case
+from repair_corruptions import Row, evaluate, unscored_corruptions
 
 ORIENTATIONS = ("as stored", "LPS", "PIR", "LAS")
 EXPECTED = {"sides swapped", "numbering shifted", "rib broken", "islands (ribs)", "vertebra fragment",
@@ -48,6 +53,7 @@ def test_real_reference_corruptions_are_repaired_in_every_orientation(real_data:
     _check(rows, EXPECTED)
 
 
+@pytest.mark.slow
 def test_real_slab_reference_keeps_its_own_labels_in_every_orientation(real_data: Path) -> None:
     """example_seg_dicom (a 40 mm slab): its piece of T11 enclosed by T12 stays T11."""
     case = totalsegmentator_case(real_data / "totalsegmentator", "example_seg_dicom.nii.gz")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -11,13 +12,15 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
+from autoorgan.cli.app import app
 from autoorgan.io.image import Geometry, image_from_array
-from autoorgan.postprocess.benchmark import swap_sides
-from autoorgan.postprocess.cases import phantom_case
-
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 from postprocess_maps import RAS, RIB, RIBS, VERTEBRAE, reorient, spine_and_ribs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
+
+from repair_cases import phantom_case
+from repair_corruptions import swap_sides
 
 runner = CliRunner()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +16,8 @@ from autoorgan.postprocess.components import Components, grow_box, occupied_box
 from autoorgan.postprocess.ribs import anchor_rib_numbers, rib_head_levels
 from autoorgan.postprocess.vertebrae import OWN_BODY_REACH_MM, fix_vertebrae
 from postprocess_maps import LEVEL_Z, RAS, RIB, RIBS, VERT, VERTEBRAE, back, reorient, spine_and_ribs
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
 
 def test_components_match_a_per_label_count() -> None:
@@ -125,7 +128,7 @@ def test_a_piece_far_from_its_own_body_is_reassigned() -> None:
 
 def test_real_reference_vertebra_piece_is_kept(real_data: Path) -> None:
     """example_seg_dicom: a 189-voxel piece of T11 enclosed by T12, 7.9 mm from T11's body."""
-    from autoorgan.postprocess.cases import totalsegmentator_case
+    from repair_cases import totalsegmentator_case
 
     case = totalsegmentator_case(real_data / "totalsegmentator", "example_seg_dicom.nii.gz")
     out, details = fix_vertebrae(case.vertebrae, case.geometry, VERTEBRAE)

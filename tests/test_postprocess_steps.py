@@ -13,7 +13,6 @@ from autoorgan.postprocess.junction import fill_junctions
 from autoorgan.postprocess.ribs import fix_ribs
 from autoorgan.postprocess.sides import fix_sides
 from autoorgan.postprocess.vertebrae import fix_vertebrae
-
 from postprocess_maps import LEVEL_Z, RAS, RIB, RIBS, VERT, VERTEBRAE, back, reorient, spine_and_ribs
 
 HIP = {1: "hip_left", 2: "hip_right", 3: "sacrum"}

@@ -15,12 +15,11 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
-from autoorgan.metrics import dice_per_label
-from autoorgan.phantom import reorient, rotate
-from autoorgan.sharding import shard_of
-from autoorgan.tasks import load_registry
-
+from autoorgan.batch.sharding import shard_of
+from autoorgan.cli.app import app
+from autoorgan.demo.phantom import reorient, rotate
+from autoorgan.registry.tasks import load_registry
+from autoorgan.report.metrics import dice_per_label
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -207,7 +206,7 @@ def test_install_weights_round_trip_and_refusals(trained_models: Path, tmp_path:
 
 def test_model_is_loaded_once_per_run_via_the_python_api(trained_models: Path, tmp_path: Path) -> None:
     import autoorgan
-    from autoorgan.pipeline import ProgressListener
+    from autoorgan.batch.job import ProgressListener
 
     class Recorder(ProgressListener):
         def __init__(self) -> None:

@@ -30,9 +30,9 @@ import pytest
 import SimpleITK as sitk
 from pydicom.uid import generate_uid
 
-from autoorgan.cli import app
+from autoorgan.cli.app import app
 from autoorgan.demo import demo_models_dir, demo_phantom
-from autoorgan.whole_body import whole_body_table
+from autoorgan.registry.whole_body import whole_body_table
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -162,6 +162,7 @@ def _leaks_outside_dicom_seg(out: Path, console: str) -> dict[str, list[str]]:
     return leaks
 
 
+@pytest.mark.slow
 def test_no_identifiers_in_outputs_logs_or_errors(identified_batch: Path, trained_models: Path,
                                                   tmp_path: Path) -> None:
     out = tmp_path / "out"
@@ -216,6 +217,7 @@ def _demo_models_for_all(base: Path) -> tuple[Path, Path]:
     return base / "models", tasks_file
 
 
+@pytest.mark.slow
 def test_no_identifiers_in_a_task_all_run(real_data: Path, tmp_path: Path) -> None:
     """``--task all``: seven models, one whole-body label map, each task's own map kept,
     statistics, preview, SEG, overview, run record, failure records, console."""

@@ -15,11 +15,12 @@ from hypothesis import strategies as st
 from typer.testing import CliRunner
 
 from autoorgan import api, engine
-from autoorgan.cli import app
+from autoorgan.batch.job import BatchJob
+from autoorgan.cli.app import app
 from autoorgan.io.cases import Case
-from autoorgan.models import require_model
-from autoorgan.pipeline import BatchJob
-from autoorgan.tasks import load_registry
+from autoorgan.models.store import require_model
+from autoorgan.registry.tasks import load_registry
+from autoorgan.steps.segment import ModelPool, TaskModel, TaskSegmenter
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e
@@ -135,7 +136,7 @@ def _geometries(draw: st.DrawFn) -> tuple[tuple[int, ...], tuple[float, ...], tu
 
 @settings(max_examples=12, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
 @given(geometry=_geometries())
-def test_output_grid_always_equals_input_grid(segmenter: engine.Segmenter, tmp_path_factory: pytest.TempPathFactory,
+def test_output_grid_always_equals_input_grid(segmenter: engine.Segmenter, trained_models: Path, tmp_path_factory: pytest.TempPathFactory,
                                               geometry: tuple) -> None:
     size, spacing, origin, direction = geometry
     folder = tmp_path_factory.mktemp("prop")
@@ -147,8 +148,9 @@ def test_output_grid_always_equals_input_grid(segmenter: engine.Segmenter, tmp_p
     path = folder / "case.nii.gz"
     sitk.WriteImage(image, str(path))
     stored = sitk.ReadImage(str(path))  # NIfTI stores the grid in float32: compare with what was stored
-    job = BatchJob(task=TASK, cases=[Case("case", path)], output_dir=folder / "out", load_predictor=lambda: segmenter,
-                   trainer_name=lambda: segmenter.trainer_name, nnunet_version=engine.nnunet_version())
+    location = require_model(TASK, trained_models)
+    one_task = TaskSegmenter(TaskModel(TASK, location), ModelPool(lambda model: segmenter), engine.nnunet_version())
+    job = BatchJob(task=TASK, cases=[Case("case", path)], output_dir=folder / "out", segmenter=one_task)
     assert job.run().ok
     seg = sitk.ReadImage(str(folder / "out" / "case.nii.gz"))
     assert seg.GetSize() == stored.GetSize()

@@ -16,12 +16,11 @@ from matplotlib.image import imread
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
-from autoorgan.models import find_model
-from autoorgan.phantom import reorient
+from autoorgan.cli.app import app
+from autoorgan.demo.phantom import reorient
+from autoorgan.models.store import find_model
+from autoorgan.registry.tasks import load_registry
 from autoorgan.report.preview import PREVIEW_SIZE
-from autoorgan.tasks import load_registry
-
 from fixture_model import FIXTURE_STRUCTURES, FIXTURE_TASK, pelvis_phantom
 from html_check import load_page
 

@@ -11,7 +11,6 @@ import numpy as np
 from autoorgan.io.image import Geometry
 from autoorgan.report.html import CaseRow, main_volumes, render_index, write_index
 from autoorgan.report.preview import render_preview
-
 from html_check import load_page
 
 

@@ -9,10 +9,9 @@ import pytest
 import SimpleITK as sitk
 from matplotlib.image import imread
 
+from autoorgan.demo.phantom import reorient
 from autoorgan.io.image import Geometry, volume_from_image
-from autoorgan.phantom import reorient
 from autoorgan.report.preview import PREVIEW_SIZE, display_planes, render_preview
-
 from fixture_model import pelvis_phantom
 
 NAMES = {1: "hip_left", 2: "hip_right", 3: "sacrum"}

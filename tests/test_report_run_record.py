@@ -8,7 +8,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from autoorgan import __version__
-from autoorgan.pipeline import BatchResult, CaseResult
+from autoorgan.batch.job import BatchResult, CaseResult
 from autoorgan.report.run_record import (
     RunRecorder,
     latest_case_entries,
@@ -84,8 +84,8 @@ def test_sha256_of_a_large_file_in_chunks(tmp_path: Path) -> None:
 
 
 def test_overview_is_rebuilt_when_another_shard_finishes_meanwhile(tmp_path: Path) -> None:
-    from autoorgan.report.steps import IndexPage, write_settled
-    from autoorgan.tasks import load_registry
+    from autoorgan.registry.tasks import load_registry
+    from autoorgan.steps.report import IndexPage, write_settled
 
     seen: list[int] = []
 

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.demo.phantom import reorient
 from autoorgan.io.image import Geometry, image_from_array, read_volume, volume_from_image
-from autoorgan.phantom import reorient
 from autoorgan.report.statistics import FIELDS, StructureStats, index_to_world, structure_statistics
-from autoorgan.report.steps import statistics_csv
+from autoorgan.steps.report import statistics_csv
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
 

@@ -13,12 +13,12 @@ import SimpleITK as sitk
 import torch
 
 from autoorgan import engine
+from autoorgan.demo.phantom import make_phantom, reorient
 from autoorgan.io.image import volume_from_image
 from autoorgan.io.orientation import plan_reorientation
-from autoorgan.models import require_model
-from autoorgan.phantom import make_phantom, reorient
-from autoorgan.pipeline import segment_volume
-from autoorgan.tasks import load_registry
+from autoorgan.models.store import require_model
+from autoorgan.registry.tasks import load_registry
+from autoorgan.steps.segment import segment_volume
 from fixture_model import FIXTURE_STRUCTURES, FIXTURE_TASK
 
 pytestmark = pytest.mark.e2e

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from autoorgan.batch.sharding import check_shard, select_shard, shard_of
 from autoorgan.errors import InputError
-from autoorgan.sharding import check_shard, select_shard, shard_of
 
 
 def _split(ids: list[str], n: int) -> list[list[str]]:

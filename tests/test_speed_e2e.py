@@ -13,9 +13,9 @@ import SimpleITK as sitk
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.body import body_box, box_fraction
-from autoorgan.cli import app
-from autoorgan.metrics import dice_per_label
+from autoorgan.cli.app import app
+from autoorgan.engine.body import body_box, box_fraction
+from autoorgan.report.metrics import dice_per_label
 from fixture_model import FIXTURE_TASK, pelvis_phantom
 
 pytestmark = pytest.mark.e2e

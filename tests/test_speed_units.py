@@ -7,16 +7,16 @@ import numpy as np
 import pytest
 import torch
 
-from autoorgan.body import body_box, box_fraction
-from autoorgan.errors import InputError
-from autoorgan.fast_export import (
+from autoorgan.engine.body import body_box, box_fraction
+from autoorgan.engine.fast_export import (
     export_labels,
     logits_to_labels,
     region_source_box,
     sample_positions,
     source_box,
 )
-from autoorgan.speed import DEFAULT_STEP, resolve_speed
+from autoorgan.errors import InputError
+from autoorgan.options import DEFAULT_STEP, resolve_speed
 
 
 def _nnunet_labels(logits: torch.Tensor, out_shape: tuple[int, ...], current: list[float],

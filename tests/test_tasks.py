@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 
 from autoorgan.errors import TaskError
-from autoorgan.tasks import load_registry, normalize_name, parse_label_table, resolve_task
+from autoorgan.registry.tasks import load_registry, normalize_name, parse_label_table, resolve_task
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "autoorgan_tasks.json"
 EXPECTED_IDS = {"skeleton": 106, "vertebrae": 108, "ribs": 998, "upper_limb": 113, "hip": 114,

@@ -11,12 +11,13 @@ import pytest
 import SimpleITK as sitk
 import torch
 
-from autoorgan import cpu_runtime, engine
+from autoorgan import engine
 from autoorgan.demo import DEMO_SPACING
-from autoorgan.metrics import dice_per_label
-from autoorgan.models import require_model
-from autoorgan.phantom import make_phantom
-from autoorgan.tasks import load_registry
+from autoorgan.demo.phantom import make_phantom
+from autoorgan.engine import cpu_runtime
+from autoorgan.models.store import require_model
+from autoorgan.registry.tasks import load_registry
+from autoorgan.report.metrics import dice_per_label
 from fixture_model import FIXTURE_STRUCTURES, FIXTURE_TASK
 
 TINY_ARCH = {"features_per_stage": [8, 16, 32, 64]}
@@ -36,6 +37,7 @@ def test_small_networks_get_one_tile_per_thread_and_large_ones_one(monkeypatch: 
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize("mirroring", [False, True], ids=["no-tta", "tta"])
 def test_batched_tiles_give_nnunets_logits_and_labels(trained_models: Path, mirroring: bool) -> None:
     folder = require_model(load_registry()[FIXTURE_TASK], trained_models).folder

@@ -9,16 +9,16 @@ import zipfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import SimpleITK as sitk
 import torch
 from typer.testing import CliRunner
 
 from autoorgan import engine
-from autoorgan.cli import app
-from autoorgan.metrics import dice_per_label
-from autoorgan.phantom import reorient
-from autoorgan.tasks import load_registry
-
+from autoorgan.cli.app import app
+from autoorgan.demo.phantom import reorient
+from autoorgan.registry.tasks import load_registry
+from autoorgan.report.metrics import dice_per_label
 from fixture_model import FIXTURE_TASK, TINY_PLANS, pelvis_phantom
 
 runner = CliRunner()
@@ -112,6 +112,7 @@ def _raw_dataset(folder: Path, n: int) -> Path:
     return folder
 
 
+@pytest.mark.slow
 def test_custom_task_trains_from_raw_dataset_resumes_and_predicts(tmp_path: Path) -> None:
     tasks_file = tmp_path / "my_tasks.toml"
     tasks_file.write_text(

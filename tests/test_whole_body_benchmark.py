@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from autoorgan.tasks import Task
+from autoorgan.registry.tasks import Task
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "benchmarks"))
 
@@ -101,8 +101,8 @@ def test_check_outputs_scores_the_whole_body_map_against_each_task_map(tmp_path:
     import SimpleITK as sitk
 
     from autoorgan.io.image import Geometry, image_from_array
-    from autoorgan.tasks import load_registry
-    from autoorgan.whole_body import whole_body_table
+    from autoorgan.registry.tasks import load_registry
+    from autoorgan.registry.whole_body import whole_body_table
 
     registry = load_registry()
     skeleton, hip = registry.get_task("skeleton"), registry.get_task("hip")
@@ -138,7 +138,7 @@ def test_check_outputs_refuses_maps_on_different_grids(tmp_path: Path) -> None:
     import SimpleITK as sitk
 
     from autoorgan.io.image import Geometry, image_from_array
-    from autoorgan.tasks import load_registry
+    from autoorgan.registry.tasks import load_registry
 
     registry = load_registry()
     hip = registry.get_task("hip")

@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from autoorgan.batch.outputs import LABEL_SHA256_KEY, LABEL_SIZE_KEY, CaseOutputs
 from autoorgan.errors import OutputError
 from autoorgan.io.writing import (
     ABANDONED_AFTER_SECONDS,
@@ -21,7 +22,6 @@ from autoorgan.io.writing import (
     write_image,
     write_json,
 )
-from autoorgan.outputs import LABEL_SHA256_KEY, LABEL_SIZE_KEY, CaseOutputs
 
 
 def test_temporary_keeps_the_image_ending_and_is_hidden(tmp_path: Path) -> None:

@@ -3,7 +3,10 @@
 The Python API mirrors the command line::
 
     import autoorgan
-    result = autoorgan.predict(task="ribs", input="ct/", output="out/")
+    result = autoorgan.predict("ribs", "ct/", "out/", device="cpu", statistics=True)
+
+The keyword options are the fields of :class:`autoorgan.PredictOptions`, the same as the command
+line's.
 """
 
 from __future__ import annotations
@@ -16,7 +19,9 @@ try:
 except metadata.PackageNotFoundError:  # running from a source tree that is not installed
     __version__ = "0+unknown"
 
-__all__ = ["__version__", "install_weights", "list_tasks", "predict", "task_labels"]
+from autoorgan.options import PredictOptions
+
+__all__ = ["PredictOptions", "__version__", "install_weights", "list_tasks", "predict", "task_labels"]
 
 if TYPE_CHECKING:
     from autoorgan.api import install_weights, list_tasks, predict, task_labels

@@ -1,6 +1,6 @@
 """``python -m autoorgan``: the same as the ``autoorgan`` command."""
 
-from autoorgan.cli import main
+from autoorgan.cli.app import main
 
 if __name__ == "__main__":
     main()

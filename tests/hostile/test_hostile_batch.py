@@ -12,13 +12,12 @@ import json
 from pathlib import Path
 
 import pytest
-from typer.testing import CliRunner
-
-from autoorgan.cli import app
-from autoorgan.demo import DEMO_TASK, demo_models_dir, demo_tasks_file
-
 from test_hostile_images import HOSTILE_IMAGE_EXPECTED, HOSTILE_IMAGES
 from test_hostile_inputs import GOOD, HOSTILE_DONE, HOSTILE_EXPECTED, HOSTILE_INPUTS, write_good_case
+from typer.testing import CliRunner
+
+from autoorgan.cli.app import app
+from autoorgan.demo import DEMO_TASK, demo_models_dir, demo_tasks_file
 
 pytestmark = pytest.mark.e2e
 
@@ -31,6 +30,7 @@ def _predict(inputs: Path, out: Path, *extra: str) -> tuple[int, str]:
     return result.exit_code, result.output
 
 
+@pytest.mark.slow
 def test_all_hostile_entries_and_images_in_one_batch_lose_nothing(tmp_path: Path) -> None:
     inputs, out = tmp_path / "in", tmp_path / "out"
     write_good_case(inputs)

@@ -399,7 +399,7 @@ def test_uint64_voxels_are_read_exactly(tmp_path: Path) -> None:
 @pytest.mark.parametrize("ending", [".nii.gz", ".nii", ".mha", ".nrrd"])
 def test_partly_nan_image_keeps_nan_where_the_file_has_it(tmp_path: Path, ending: str) -> None:
     """ITK reads a NIfTI NaN or infinity as 0 (water); the volume keeps them non-finite, as for other
-    formats, so that prediction fills them like air (see autoorgan.pipeline.prepare_intensities)."""
+    formats, so that prediction fills them like air (see autoorgan.steps.segment.prepare_intensities)."""
     array = _ZYX.transpose(2, 1, 0).astype(np.float32)
     array[0, 0, 0], array[3, 4, 5], array[11, 9, 7] = np.nan, np.inf, -np.inf
     path = tmp_path / f"part{ending}"
@@ -529,6 +529,7 @@ def _nearly_constant(folder: Path) -> dict[str, str]:
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_hostile_images_fail_alone_and_nearly_constant_volumes_are_done(tmp_path: Path) -> None:
     inputs, out = tmp_path / "in", tmp_path / "out"
     write_good_case(inputs)

@@ -32,7 +32,7 @@ from pydicom.uid import CTImageStorage, ExplicitVRLittleEndian, generate_uid
 from typer.testing import CliRunner
 
 from autoorgan import api
-from autoorgan.cli import app
+from autoorgan.cli.app import app
 from autoorgan.demo import DEMO_TASK, demo_models_dir, demo_phantom, demo_tasks_file
 from autoorgan.errors import CaseError, InputError
 from autoorgan.io import dicom
@@ -568,7 +568,7 @@ def test_all_hostile_entries_in_one_batch_beside_a_good_case(tmp_path: Path) -> 
 
 
 def test_training_data_refuses_a_fifo_named_like_an_image_without_opening_it(tmp_path: Path) -> None:
-    from autoorgan.dataset import find_training_cases
+    from autoorgan.training.dataset import find_training_cases
 
     for sub in ("images", "labels"):
         (tmp_path / sub).mkdir()

@@ -25,12 +25,13 @@ import SimpleITK as sitk
 import torch
 from typer.testing import CliRunner
 
-from autoorgan import engine, models
-from autoorgan.cli import app
+from autoorgan import engine
+from autoorgan.cli.app import app
 from autoorgan.demo import DEMO_TASK, demo_models_dir, demo_phantom, demo_tasks_file
 from autoorgan.errors import InstallError
-from autoorgan.models import install_weights
-from autoorgan.tasks import load_registry
+from autoorgan.models import store as models
+from autoorgan.models.store import install_weights
+from autoorgan.registry.tasks import load_registry
 
 runner = CliRunner()
 MODEL_REL = "Dataset990_DemoPelvis/nnUNetTrainerNoMirroring__nnUNetPlans__3d_fullres"
@@ -224,6 +225,7 @@ def test_plans_names_outside_nnunet_are_refused(name: str) -> None:
     assert expected in str(caught.value)
 
 
+@pytest.mark.slow
 def test_label_manager_and_trainer_outside_nnunet_are_refused() -> None:
     plans = _demo_plans()
     plans["label_manager"] = "join"

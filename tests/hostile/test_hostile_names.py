@@ -24,19 +24,19 @@ import SimpleITK as sitk
 from rich.console import Console
 from typer.testing import CliRunner
 
-from autoorgan.cli import app
-from autoorgan.cli_text import SafeRichHandler, terminal_safe
+from autoorgan.batch.job import CaseContext
+from autoorgan.batch.outputs import CaseOutputs
+from autoorgan.cli.app import app
+from autoorgan.cli.text import SafeRichHandler, terminal_safe
 from autoorgan.errors import TaskError
 from autoorgan.io.cases import Case
 from autoorgan.io.image import Geometry, Volume
-from autoorgan.outputs import CaseOutputs
-from autoorgan.outputs_split import SplitMasksStep
-from autoorgan.pipeline import CaseContext
+from autoorgan.io.safe_paths import UnsafePathError, path_inside, portable_name_problem
+from autoorgan.registry.tasks import Task, load_registry
 from autoorgan.report.preview import render_preview
 from autoorgan.report.statistics import spreadsheet_safe
-from autoorgan.report.steps import statistics_csv
-from autoorgan.safe_paths import UnsafePathError, path_inside, portable_name_problem
-from autoorgan.tasks import Task, load_registry
+from autoorgan.steps.report import statistics_csv
+from autoorgan.steps.split import SplitMasksStep
 
 runner = CliRunner()
 
@@ -94,7 +94,7 @@ def test_ordinary_odd_label_names_are_kept(tmp_path: Path, name: str) -> None:
 
 def test_builtin_and_demo_tables_pass_the_name_rule() -> None:
     from autoorgan.demo import demo_tasks_file
-    from autoorgan.whole_body import whole_body_table
+    from autoorgan.registry.whole_body import whole_body_table
 
     names = [n for t in load_registry(demo_tasks_file()).values() for n in t.labels.values()]
     names += list(whole_body_table().labels.values())
@@ -183,7 +183,7 @@ def test_split_step_refuses_a_case_id_that_is_a_path(tmp_path: Path) -> None:
 
 
 def test_task_maps_step_builds_paths_inside_the_output_folder(tmp_path: Path) -> None:
-    from autoorgan.cascade import TaskMapsStep
+    from autoorgan.steps.cascade import TaskMapsStep
 
     out = tmp_path / "out"
     out.mkdir()

@@ -24,10 +24,13 @@ from pathlib import Path
 import pytest
 import SimpleITK as sitk
 
-from autoorgan import api, pipeline
+from autoorgan import api
+from autoorgan.batch import job as pipeline
+from autoorgan.batch.interrupts import Interrupted, signals_as_interrupts
+from autoorgan.batch.outputs import LABEL_SHA256_KEY, LABEL_SIZE_KEY, MADE_WITH_KEY, CaseOutputs
+from autoorgan.batch.status import case_state
 from autoorgan.demo import DEMO_TASK, demo_models_dir, demo_phantom, demo_tasks_file
 from autoorgan.errors import CaseError
-from autoorgan.interrupts import Interrupted, signals_as_interrupts
 from autoorgan.io.writing import (
     ABANDONED_AFTER_SECONDS,
     all_temporaries,
@@ -40,10 +43,8 @@ from autoorgan.io.writing import (
     temporary_sibling,
     write_image,
 )
-from autoorgan.outputs import LABEL_SHA256_KEY, LABEL_SIZE_KEY, MADE_WITH_KEY, CaseOutputs
 from autoorgan.report import run_record
 from autoorgan.report.run_record import RECORD_GLOB
-from autoorgan.status import case_state
 
 DEMO = {"task": DEMO_TASK, "tasks_file": demo_tasks_file(), "models_dir": demo_models_dir(), "device": "cpu"}
 CLI = [sys.executable, "-m", "autoorgan", "predict", "--task", DEMO_TASK, "--tasks-file", str(demo_tasks_file()),
@@ -177,7 +178,7 @@ def test_a_failing_run_never_removes_the_label_map_another_run_wrote(tmp_path: P
 
 def test_a_failing_extra_output_leaves_the_earlier_label_map_in_place(tmp_path: Path,
                                                                       monkeypatch: pytest.MonkeyPatch) -> None:
-    from autoorgan.report import steps
+    from autoorgan.steps import report as steps
 
     _cases(tmp_path / "in", 1)
     out = tmp_path / "out"
@@ -198,6 +199,7 @@ def test_a_failing_extra_output_leaves_the_earlier_label_map_in_place(tmp_path: 
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_two_concurrent_processes_on_one_output_folder_both_succeed(tmp_path: Path) -> None:
     names = _cases(tmp_path / "in", 8)
     out = tmp_path / "out"
@@ -246,7 +248,8 @@ def test_a_sidecar_counts_only_beside_the_label_map_it_describes(tmp_path: Path)
 KILL_BEFORE_SIDECAR = textwrap.dedent("""
     import os, sys
     from pathlib import Path
-    from autoorgan import api, pipeline
+    from autoorgan import api
+    from autoorgan.batch import job as pipeline
     from autoorgan.demo import DEMO_TASK, demo_models_dir, demo_tasks_file
 
     out = Path(sys.argv[2])
@@ -264,6 +267,7 @@ KILL_BEFORE_SIDECAR = textwrap.dedent("""
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_kill_between_label_map_and_sidecar_is_recomputed_by_continue(tmp_path: Path) -> None:
     _cases(tmp_path / "in", 3)
     out = tmp_path / "out"
@@ -308,6 +312,7 @@ def test_atomic_writes_flush_the_file_and_the_folder(tmp_path: Path, monkeypatch
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_continue_recomputes_for_another_model_or_other_speed_settings(tmp_path: Path) -> None:
     _cases(tmp_path / "in", 2)
     out, models = tmp_path / "out", tmp_path / "models"
@@ -321,7 +326,8 @@ def test_continue_recomputes_for_another_model_or_other_speed_settings(tmp_path:
     assert run() == {"done"}
     made_with = json.loads((out / "c00.json").read_text())[MADE_WITH_KEY]
     assert made_with["prediction"] == {"step_size": 0.5, "tta": True, "crop_body": False, "export": "torch"}
-    assert made_with["model"]["fold"] == "0" and len(made_with["model"]["checkpoint_sha256"]) == 64
+    [model] = made_with["models"].values()  # one task: one model
+    assert model["fold"] == "0" and len(model["checkpoint_sha256"]) == 64
     assert run() == {"skipped"}
     assert run(step_size=0.75) == {"done"}
     assert run(step_size=0.75) == {"skipped"}
@@ -340,8 +346,8 @@ def test_continue_recomputes_for_another_model_or_other_speed_settings(tmp_path:
     torch.save(weights, checkpoint)
     assert run(step_size=0.75, fast=True, export="nnunet") == {"done"}
     assert run(step_size=0.75, fast=True, export="nnunet") == {"skipped"}
-    assert json.loads((out / "c00.json").read_text())[MADE_WITH_KEY]["model"]["checkpoint_sha256"] == \
-        run_record.sha256_file(checkpoint)
+    [model] = json.loads((out / "c00.json").read_text())[MADE_WITH_KEY]["models"].values()
+    assert model["checkpoint_sha256"] == run_record.sha256_file(checkpoint)
 
 
 def test_the_checkpoint_is_hashed_once_per_run(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -361,8 +367,8 @@ def test_the_checkpoint_is_hashed_once_per_run(tmp_path: Path, monkeypatch: pyte
     assert sorted(hashed) == ["checkpoint_final.pth", "plans.json"]
     record = _records(tmp_path / "out")[0]
     sidecar = json.loads((tmp_path / "out" / "c02.json").read_text())
-    assert record["model"]["checkpoints"][0]["sha256"] == \
-        sidecar[MADE_WITH_KEY]["model"]["checkpoint_sha256"]
+    [model] = sidecar[MADE_WITH_KEY]["models"].values()
+    assert record["model"]["checkpoints"][0]["sha256"] == model["checkpoint_sha256"]
 
 
 # ---------------------------------------------------------------------------------------------
@@ -417,6 +423,7 @@ def _wait_for_done(out: Path, count: int, proc: subprocess.Popen, limit: float =
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 @pytest.mark.parametrize(("signum", "code"), [(signal.SIGTERM, 143), (signal.SIGINT, 130)])
 def test_a_signal_mid_batch_ends_the_run_cleanly(tmp_path: Path, signum: int, code: int) -> None:
     names = _cases(tmp_path / "in", 16)
@@ -445,6 +452,7 @@ def test_a_signal_mid_batch_ends_the_run_cleanly(tmp_path: Path, signum: int, co
 
 
 @pytest.mark.e2e
+@pytest.mark.slow
 def test_sigterm_to_a_multi_process_run_reaches_its_workers(tmp_path: Path) -> None:
     import psutil
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import pytest
 
-from autoorgan.tasks import load_registry
-from autoorgan.whole_body import whole_body_table
+from autoorgan.registry.tasks import load_registry
+from autoorgan.registry.whole_body import whole_body_table
 
 FROZEN_FILE = Path(__file__).resolve().parents[1] / "data" / "frozen_label_tables.json"
 SPEC_FILE = Path(__file__).resolve().parents[2].parent / "shared" / "spec" / "autoorgan_tasks.json"
@@ -78,7 +78,7 @@ def test_the_frozen_task_tables_are_the_spec_tables() -> None:
 
 @needs_spec
 def test_the_frozen_whole_body_table_numbers_the_spec_structures_in_task_order() -> None:
-    """The whole-body rule (autoorgan.whole_body): values 1..111, task by task in the task order,
+    """The whole-body rule (autoorgan.registry.whole_body): values 1..111, task by task in the task order,
     each task's structures in the order of their values."""
     spec = json.loads(SPEC_FILE.read_text(encoding="utf-8"))["tasks"]
     expected = [[name, task] for task in FROZEN["whole_body"]["task_order"]

@@ -1,7 +1,7 @@
 """The demo: the whole pipeline on a synthetic phantom with a small demo model shipped in the package.
 
 The demo model (task ``demo_pelvis``: hip_left, hip_right, sacrum) is a tiny nnU-Net network
-trained by ``scripts/make_demo_model.py`` on synthetic phantoms only (:mod:`autoorgan.phantom`).
+trained by ``scripts/make_demo_model.py`` on synthetic phantoms only (:mod:`autoorgan.demo.phantom`).
 It exists to show, on any machine and without the registration-gated AutoOrgan weights, what
 autoorgan does: it is a demo model, not for real CT.
 
@@ -82,9 +82,9 @@ def demo_models_dir() -> Path:
     return Path(str(resources.files(__name__) / "models"))
 
 
-def demo_phantom(seed: int):  # noqa: ANN201 - autoorgan.phantom.Phantom, imported lazily
+def demo_phantom(seed: int):
     """A demo phantom: the pelvic region of a synthetic whole-body phantom (4×4×5 mm voxels)."""
-    from autoorgan.phantom import make_phantom
+    from autoorgan.demo.phantom import make_phantom
 
     return make_phantom(seed, spacing=DEMO_SPACING).crop_to(list(DEMO_STRUCTURES), 12.0)
 
@@ -101,8 +101,8 @@ def train_with_recipe(work: Path, case: Callable[[int], tuple[Any, Any]] | None 
     import SimpleITK as sitk
 
     from autoorgan import api
-    from autoorgan.phantom import reorient
-    from autoorgan.tasks import load_registry
+    from autoorgan.demo.phantom import reorient
+    from autoorgan.registry.tasks import load_registry
 
     if case is None:
         labels = load_registry(demo_tasks_file()).get_task(DEMO_TASK).labels
@@ -157,8 +157,8 @@ def run_demo(*, output: Path, device: str = "cpu", seed: int = 1, models_dir: Pa
     from autoorgan import api
     from autoorgan.errors import AutoOrganError
     from autoorgan.io.writing import write_image, write_json
-    from autoorgan.metrics import dice_per_label
-    from autoorgan.tasks import load_registry
+    from autoorgan.registry.tasks import load_registry
+    from autoorgan.report.metrics import dice_per_label
 
     start = time.perf_counter()
     output = Path(output)

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from autoorgan.errors import InputError
+from autoorgan.io.safe_paths import printable
 
 if TYPE_CHECKING:
     from autoorgan.io.dicom import DicomSeries
@@ -56,20 +57,6 @@ class Case:
         """The input's file or folder name as text safe to print and record (bytes of the name
         that are not UTF-8 shown as ``\\xNN``)."""
         return printable(self.path.name)
-
-
-def printable(text: str) -> str:
-    """``text`` with the undecodable bytes of a file name (Python's surrogate escapes) written as
-    ``\\xNN``, so that it prints, encodes to UTF-8 and goes into JSON; other text unchanged."""
-    try:
-        text.encode("utf-8")
-        return text
-    except UnicodeEncodeError:
-        try:
-            raw = text.encode("utf-8", "surrogateescape")
-        except UnicodeEncodeError:
-            raw = text.encode("utf-8", "backslashreplace")
-        return raw.decode("utf-8", "backslashreplace")
 
 
 def image_suffix(path: Path) -> str | None:

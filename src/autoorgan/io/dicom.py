@@ -44,7 +44,7 @@ from typing import Any
 import numpy as np
 
 from autoorgan.errors import CaseError, InputError
-from autoorgan.io.cases import printable
+from autoorgan.io.safe_paths import printable
 
 log = logging.getLogger(__name__)
 
@@ -130,7 +130,7 @@ def _read_header(source: Path | Any) -> dict[str, Any] | None:
         raise
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
-    except Exception as exc:  # noqa: BLE001 - a corrupt header must not stop the search for series
+    except Exception as exc:
         log.debug("skipping an unreadable DICOM header: %s", type(exc).__name__)
         return None
     if sop_class in _NOT_IMAGES or "Rows" not in header:
@@ -221,7 +221,7 @@ def _collect(entries: Sequence[tuple[str, Any]], root: Path, archive: Path | Non
             # Without UIDs, copies of one scan in several folders look alike: keep folders apart.
             del groups[key]
             for rel, ds in members:
-                groups[(*key, str(Path(rel).parent))].append((rel, ds))
+                groups[key + (str(Path(rel).parent),)].append((rel, ds))
     series = []
     for key, members in groups.items():
         members.sort(key=lambda m: m[0])
@@ -342,7 +342,8 @@ def scan_zip(archive: Path) -> list[DicomSeries]:
                     raise InputError(f"{archive.name}: the archive is encrypted (member '{name}'); unzip it with its "
                                      "password and give the folder")
                 if info.compress_type not in _ZIP_METHODS:
-                    method = zipfile.compressor_names.get(info.compress_type, "unknown")
+                    # compressor_names is zipfile's own table of method names, missing from its stubs
+                    method = zipfile.compressor_names.get(info.compress_type, "unknown")  # type: ignore[attr-defined]
                     raise InputError(f"{archive.name}: member '{name}' uses compression method {info.compress_type} "
                                      f"({method}), which Python's zipfile cannot read; unzip it with another tool "
                                      "and give the folder")

@@ -23,7 +23,7 @@ from autoorgan.errors import CaseError
 from autoorgan.io.writing import atomic_path
 
 if TYPE_CHECKING:
-    from autoorgan.pipeline import CaseContext
+    from autoorgan.batch.job import CaseContext
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,11 @@ def _referencable(datasets: list[Any], case_id: str) -> list[Any]:
         if "SpecificCharacterSet" in ds and not ds.SpecificCharacterSet:
             del ds.SpecificCharacterSet  # blank: the default repertoire
         if not str(ds.get("SOPClassUID", "") or ""):
-            ds.SOPClassUID = meta.MediaStorageSOPClassUID
+            sop_class = str(getattr(meta, "MediaStorageSOPClassUID", "") or "")
+            if not sop_class:
+                raise CaseError(f"{case_id}: a source DICOM file names no SOP Class UID; a DICOM SEG cannot "
+                                "reference it")
+            ds.SOPClassUID = sop_class
         if not str(ds.get("SOPInstanceUID", "") or ""):
             uid = str(getattr(meta, "MediaStorageSOPInstanceUID", "") or "")
             ds.SOPInstanceUID = uid or generate_uid()

@@ -12,6 +12,7 @@ kept). Every problem is a :class:`~autoorgan.errors.CaseError` of one line.
 from __future__ import annotations
 
 import bz2
+import io
 import logging
 import math
 import os
@@ -64,7 +65,8 @@ def check_voxel_count(name: str, size: Sequence[int]) -> None:
                         f"(set {MAX_VOXELS_ENV} to allow more)")
 
 
-def geometry_problem(spacing: Sequence[float], origin: Sequence[float], direction: Sequence[float]) -> str | None:
+def geometry_problem(spacing: Sequence[float], origin: Sequence[float],
+                     direction: Sequence[float] | np.ndarray) -> str | None:
     """Why a grid cannot place voxels in the world, or ``None``: spacing must be finite and
     positive, the origin finite, the direction a finite rotation (or reflection) matrix."""
     spacing_a = np.asarray(spacing, dtype=float)
@@ -158,14 +160,14 @@ class NiftiLayout:
     version: int = 1
 
 
-def open_nifti(path: Path) -> BinaryIO:
+def open_nifti(path: Path) -> io.BufferedIOBase:
     """``path``'s NIfTI byte stream: inflated if the file is gzip data, whatever its name says
     (a plain ``.nii`` named ``.nii.gz`` is read as what it is, as ITK does)."""
     import gzip
 
     with path.open("rb") as probe:
         magic = probe.read(2)
-    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")  # type: ignore[return-value]
+    return gzip.open(path, "rb") if magic == _GZIP_MAGIC else path.open("rb")
 
 
 def check_nifti(path: Path) -> NiftiLayout:
@@ -191,7 +193,7 @@ def check_nifti(path: Path) -> NiftiLayout:
         try:
             dtype = header.get_data_dtype()
             shape = tuple(int(n) for n in header.get_data_shape())
-        except Exception:  # noqa: BLE001 - nibabel raises several kinds for a bad datatype or dim
+        except Exception:
             raise CaseError(f"{name}: NIfTI header has an unknown data type or invalid dimensions") from None
         _check_nifti_geometry(header, name, len(shape))
         check_voxel_count(name, shape or (0,))

@@ -10,6 +10,7 @@ component id to new label value, written back box by box.
 
 from __future__ import annotations
 
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from functools import cached_property
 
@@ -72,19 +73,18 @@ class Components:
         """``(count + 1, 3)`` centroid of each component in voxel indices."""
         return self._stats[2]
 
-    def points(self, comps) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def points(self, comps: Iterable[int]) -> np.ndarray:
         """``(n, 3)`` voxel indices of the given components (gathered box by box)."""
         parts = [np.argwhere(mine) + [s.start for s in box] for box, mine in (self.mask(int(c)) for c in comps)]
         return np.concatenate(parts) if parts else np.empty((0, 3), dtype=np.int64)
 
-    def of_labels(self, values) -> np.ndarray:  # type: ignore[no-untyped-def]
+    def of_labels(self, values: Iterable[int]) -> np.ndarray:
         """Ids of the components whose label is one of ``values``."""
         return np.flatnonzero(np.isin(self.label, [int(v) for v in values]) & (np.arange(self.count + 1) > 0))
 
-    def union_box(self, comps) -> Box | None:  # type: ignore[no-untyped-def]
+    def union_box(self, comps: Iterable[int]) -> Box | None:
         """Smallest box holding all the given components (``None`` for none)."""
-        boxes = [self.boxes[int(c)] for c in comps]
-        boxes = [b for b in boxes if b is not None]
+        boxes = [b for b in (self.boxes[int(c)] for c in comps) if b is not None]
         if not boxes:
             return None
         return tuple(slice(min(b[a].start for b in boxes), max(b[a].stop for b in boxes)) for a in range(self.ids.ndim))
@@ -116,7 +116,7 @@ class Components:
     def _neighbours(self) -> dict[int, dict[int, float]]:
         return {}
 
-    def find_neighbours(self, comps) -> None:  # type: ignore[no-untyped-def]
+    def find_neighbours(self, comps: Iterable[int]) -> None:
         """Count the contacts of many (small) components at once, for :meth:`neighbours`.
 
         One vectorised look-up of the 26 neighbours of all their voxels instead of one call
@@ -208,12 +208,12 @@ class Components:
                 a = int(root[a])
             return a
 
-        for comp in changed:
+        for comp in map(int, changed):
             if lut[comp] == 0:
                 continue
-            for other in self.neighbours(int(comp)):
+            for other in self.neighbours(comp):
                 if lut[other] == lut[comp]:
-                    a, b = find(int(comp)), find(other)
+                    a, b = find(comp), find(other)
                     if a != b:
                         root[max(a, b)] = min(a, b)
         values, sizes, centroids = (a.copy() for a in self._stats)
@@ -234,8 +234,10 @@ class Components:
             total = sizes[rep] + sizes[comp]
             centroids[rep] = (centroids[rep] * sizes[rep] + centroids[comp] * sizes[comp]) / total
             sizes[rep] = total
+            rep_box = boxes[rep]
+            assert rep_box is not None  # a root is never a joined (removed) piece
             boxes[rep] = tuple(slice(min(a.start, b.start), max(a.stop, b.stop))
-                               for a, b in zip(boxes[rep], box, strict=True))  # type: ignore[arg-type]
+                               for a, b in zip(rep_box, box, strict=True))
             boxes[comp] = None
             values[comp], sizes[comp], centroids[comp] = 0, 0, 0.0
         derived = object.__new__(Components)
@@ -269,8 +271,8 @@ def occupied_box(mask: np.ndarray) -> Box | None:
     return tuple(box)
 
 
-def grow_box(box: Box, margin, shape: tuple[int, ...]) -> Box:  # type: ignore[no-untyped-def]
-    """``box`` grown by ``margin`` voxels per axis, clipped to ``shape``."""
-    margin = np.broadcast_to(np.asarray(margin, dtype=int), (len(box),))
-    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(box, margin, shape,
+def grow_box(box: Box, margin: int | np.ndarray, shape: tuple[int, ...]) -> Box:
+    """``box`` grown by ``margin`` voxels per axis (one number or one per axis), clipped to ``shape``."""
+    per_axis = np.broadcast_to(np.asarray(margin, dtype=int), (len(box),))
+    return tuple(slice(max(s.start - int(m), 0), min(s.stop + int(m), n)) for s, m, n in zip(box, per_axis, shape,
                                                                                              strict=True))

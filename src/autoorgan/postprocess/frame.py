@@ -9,7 +9,7 @@ result for RAS, LPS, PIR, flipped or oblique storage of the same anatomy.
 from __future__ import annotations
 
 import re
-from collections.abc import Mapping
+from collections.abc import Iterable
 from dataclasses import dataclass
 
 import numpy as np
@@ -84,20 +84,15 @@ def vertebra_level(name: str) -> int | None:
     return VERTEBRA_LEVELS.index(level) if level in VERTEBRA_LEVELS else None
 
 
-def values_where(labels: Mapping[int, str], predicate) -> list[int]:  # type: ignore[no-untyped-def]
-    """Label values whose names satisfy ``predicate``."""
-    return [value for value, name in labels.items() if predicate(name)]
-
-
 def is_midline(name: str) -> bool:
     return any(name == p or name.startswith(p + "_") for p in MIDLINE_PREFIXES)
 
 
-def mask_of(labels: np.ndarray, values) -> np.ndarray:  # type: ignore[no-untyped-def]
+def mask_of(labels: np.ndarray, values: Iterable[int]) -> np.ndarray:
     """Boolean mask of the voxels whose label is one of ``values`` (a table look-up, not a sort)."""
-    values = [int(v) for v in values]
-    if not values:
+    wanted = [int(v) for v in values]
+    if not wanted:
         return np.zeros(labels.shape, dtype=bool)
     if labels.dtype.kind in "ui":
-        return np.isin(labels, values, kind="table")
-    return np.isin(labels, values)
+        return np.isin(labels, wanted, kind="table")
+    return np.isin(labels, wanted)

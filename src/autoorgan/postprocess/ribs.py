@@ -99,7 +99,7 @@ def rib_head_levels(ribs: np.ndarray, vertebrae: np.ndarray, geometry: Geometry,
 def _default_tables(rib_names: Mapping[int, str] | None, vertebra_names: Mapping[int, str] | None
                     ) -> tuple[Mapping[int, str], Mapping[int, str]]:
     if rib_names is None or vertebra_names is None:
-        from autoorgan.tasks import load_registry
+        from autoorgan.registry.tasks import load_registry
 
         registry = load_registry()
         rib_names = rib_names if rib_names is not None else registry.get_task("ribs").labels

@@ -1,2 +1,2 @@
 """Results people read: per-structure statistics, preview pictures, an HTML overview of the output
-folder and a run record per shard (see :mod:`autoorgan.report.steps` for how they join a batch)."""
+folder and a run record per shard (see :mod:`autoorgan.steps.report` for how they join a batch)."""

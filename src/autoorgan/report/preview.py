@@ -88,9 +88,13 @@ def label_colours(names: Mapping[int, str]) -> dict[int, tuple[float, float, flo
     """A distinct colour per label value (matplotlib's qualitative tables, cycled)."""
     from matplotlib import colormaps
 
-    table = [*colormaps["tab10"].colors, *colormaps["tab20b"].colors, *colormaps["tab20c"].colors]
-    return {value: tuple(float(c) for c in table[i % len(table)][:3])  # type: ignore[misc]
-            for i, value in enumerate(sorted(names))}
+    maps = [colormaps[name] for name in ("tab10", "tab20b", "tab20c")]
+    table = np.concatenate([np.asarray(cmap(np.arange(cmap.N)))[:, :3] for cmap in maps])
+    colours: dict[int, tuple[float, float, float]] = {}
+    for i, value in enumerate(sorted(names)):
+        r, g, b = table[i % len(table)]
+        colours[value] = (float(r), float(g), float(b))
+    return colours
 
 
 def _overlay_rgba(labels: np.ndarray, colours: Mapping[int, tuple[float, float, float]]) -> np.ndarray:

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from autoorgan import __version__
+from autoorgan.batch.job import BatchResult
 from autoorgan.io.writing import file_digest, write_json
-from autoorgan.pipeline import BatchResult
 
 log = logging.getLogger(__name__)
 
@@ -81,14 +81,14 @@ def describe_device(device: object) -> dict[str, str]:
             import torch
 
             info["gpu"] = torch.cuda.get_device_name(device)  # type: ignore[arg-type]
-        except Exception as exc:  # noqa: BLE001 - a description must never fail the run
+        except Exception as exc:
             info["gpu"] = f"unknown ({type(exc).__name__})"
     return info
 
 
 @dataclass
 class RunRecorder:
-    """A :class:`~autoorgan.pipeline.BatchStep` that writes this run's record at the end of the batch.
+    """A :class:`~autoorgan.batch.job.BatchStep` that writes this run's record at the end of the batch.
 
     Build it before the batch starts (it notes the start time); checkpoints are hashed when the
     record is written.
@@ -112,7 +112,7 @@ class RunRecorder:
     def build(self, results: BatchResult, finished: datetime | None = None) -> dict[str, Any]:
         """The record's content."""
         finished = finished or utc_now()
-        checkpoints = []
+        checkpoints: list[dict[str, str | None]] = []
         for path in self.checkpoints:
             try:
                 checkpoints.append({"file": str(path), "sha256": sha256_file(path)})

@@ -1,0 +1,249 @@
+"""Controlled corruptions of reference label maps and the scores of a repair (benchmarks, tests).
+
+Each corruption takes a reference map and returns a corrupted copy; the repair is then scored
+by how many corrupted voxels get their reference label back (*restored*) and, on an
+uncorrupted map, how many labelled voxels it changes (*collateral*).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+
+import numpy as np
+from repair_cases import task_names
+from scipy import ndimage
+
+from autoorgan.io.image import Geometry
+from autoorgan.postprocess.frame import PatientFrame, mask_of, rib_of, vertebra_level
+
+
+@dataclass(frozen=True)
+class Scores:
+    """Outcome of one repair: corrupted voxels, how many were restored, labelled voxels changed."""
+
+    corrupted: int
+    restored: int
+    collateral: int
+    labelled: int
+
+    @property
+    def restored_pct(self) -> float:
+        return 100.0 * self.restored / self.corrupted if self.corrupted else 100.0
+
+    @property
+    def collateral_pct(self) -> float:
+        return 100.0 * self.collateral / self.labelled if self.labelled else 0.0
+
+
+def score(reference: np.ndarray, corrupted: np.ndarray, repaired: np.ndarray) -> Scores:
+    """Restored: corrupted voxels back at their reference label; collateral: uncorrupted voxels changed."""
+    bad = corrupted != reference
+    good = ~bad
+    return Scores(corrupted=int(bad.sum()), restored=int((repaired[bad] == reference[bad]).sum()),
+                  collateral=int((repaired[good] != reference[good]).sum()),
+                  labelled=int((reference > 0).sum()))
+
+
+def _value(names: Mapping[int, str], name: str) -> int | None:
+    return next((v for v, n in names.items() if n == name), None)
+
+
+def _present_ribs(labels: np.ndarray, names: Mapping[int, str]) -> dict[int, tuple[str, int]]:
+    present = set(np.unique(labels).tolist())
+    return {v: r for v, n in names.items() if v in present and (r := rib_of(n)) is not None}
+
+
+def swap_sides(labels: np.ndarray, names: Mapping[int, str], numbers: list[int]) -> np.ndarray:
+    """Swap the left and right labels of the given rib numbers."""
+    out = labels.copy()
+    for k in numbers:
+        left, right = _value(names, f"rib_left_{k}"), _value(names, f"rib_right_{k}")
+        if left is None or right is None:
+            continue
+        out[labels == left], out[labels == right] = right, left
+    return out
+
+
+def shift_numbers(labels: np.ndarray, names: Mapping[int, str], side: str, delta: int) -> np.ndarray:
+    """Number every rib of one side ``delta`` too high (rib k labelled k + delta)."""
+    out = labels.copy()
+    for value, (s, k) in _present_ribs(labels, names).items():
+        target = _value(names, f"rib_{s}_{k + delta}")
+        if s == side and target is not None:
+            out[labels == value] = target
+    return out
+
+
+def break_rib(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], value: int,
+              pieces: int) -> np.ndarray:
+    """Cut a rib into ``pieces`` along its front-to-back course; all but the back piece get a
+    neighbouring rib's label (a larger rib of the same side, so the piece stays a fragment)."""
+    side, k = rib_of(names[value]) or ("", 0)
+    frame = PatientFrame.of(geometry)
+    points = np.argwhere(labels == value)
+    ant = frame.anterior(points)
+    edges = np.quantile(ant, np.linspace(0, 1, pieces + 1))
+    part = np.clip(np.searchsorted(edges, ant, side="right") - 1, 0, pieces - 1)
+    sizes = {v: int((labels == v).sum()) for v, (s, _) in _present_ribs(labels, names).items() if s == side}
+    neighbours = [v for v, (_, j) in _present_ribs(labels, names).items()
+                  if v in sizes and v != value and abs(j - k) <= 2 and sizes[v] > len(points) / pieces]
+    neighbours.sort(key=lambda v: abs((rib_of(names[v]) or ("", 0))[1] - k))
+    out = labels.copy()
+    for p in range(1, pieces):
+        if neighbours:
+            sel = points[part == p]
+            out[tuple(sel.T)] = neighbours[(p - 1) % len(neighbours)]
+    return out
+
+
+def add_islands(labels: np.ndarray, geometry: Geometry, count: int, volume_mm3: float,
+                rng: np.random.Generator) -> np.ndarray:
+    """Put ``count`` small cubes of present labels into empty space, away from any structure."""
+    out = labels.copy()
+    side = max(1, round((volume_mm3 / PatientFrame.of(geometry).voxel_mm3) ** (1 / 3)))
+    free = ~ndimage.binary_dilation(labels > 0, iterations=side + 2)
+    present = [v for v in np.unique(labels).tolist() if v]
+    candidates = np.argwhere(free[: -side or None, : -side or None, : -side or None])
+    for _ in range(count):
+        x, y, z = candidates[rng.integers(len(candidates))]
+        if (out[x:x + side + 2, y:y + side + 2, z:z + side + 2] == 0).all():
+            out[x + 1:x + 1 + side, y + 1:y + 1 + side, z + 1:z + 1 + side] = rng.choice(present)
+    return out
+
+
+def erase_junctions(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+                    vertebra_mask: np.ndarray, distance_mm: float = 6.0) -> np.ndarray:
+    """Set rib voxels within ``distance_mm`` of a vertebra to background."""
+    near = ndimage.distance_transform_edt(~vertebra_mask, sampling=geometry.spacing) <= distance_mm
+    ribs = mask_of(labels, [v for v, n in names.items() if rib_of(n)])
+    out = labels.copy()
+    out[near & ribs] = 0
+    return out
+
+
+def mislabel_vertebra_fragment(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+                               value: int) -> np.ndarray:
+    """Give the back part (spinous process side) of vertebra ``value`` the label of a vertebra two
+    levels away that is present in the map (so the piece touches only its own vertebra)."""
+    level = vertebra_level(names[value])
+    present = set(np.unique(labels).tolist())
+    frame = PatientFrame.of(geometry)
+    others = [v for v, n in names.items() if v in present and (lvl := vertebra_level(n)) is not None
+              and level is not None and abs(lvl - level) >= 2]
+    if not others or level is None:
+        return labels.copy()
+    target = min(others, key=lambda v: abs((vertebra_level(names[v]) or 0) - level))
+    points = np.argwhere(labels == value)
+    ant = frame.anterior(points)
+    back = points[ant <= np.quantile(ant, 0.2)]
+    out = labels.copy()
+    out[tuple(back.T)] = target
+    return out
+
+
+@dataclass(frozen=True)
+class Row:
+    """One benchmark measurement."""
+
+    case: str
+    orientation: str
+    task: str
+    corruption: str
+    scores: Scores
+    seconds: float
+
+
+def corruptions(case, rng: np.random.Generator) -> dict[str, tuple[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """Named corruptions of a :class:`repair_cases.ReferenceCase`: name → (task, map)."""
+    ribs_names, vert_names = task_names("ribs"), task_names("vertebrae")
+    present = _present_ribs(case.ribs, ribs_names)
+    both = sorted({k for s, k in present.values() if s == "left"} & {k for s, k in present.values() if s == "right"})
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    if both:
+        out["sides swapped"] = ("ribs", swap_sides(case.ribs, ribs_names, both[len(both) // 2:][:2]))
+    left = sorted(k for s, k in present.values() if s == "left")
+    if left and left[0] > 1 and _left_rib_head_at_a_level(case):
+        out["numbering shifted"] = ("ribs", shift_numbers(case.ribs, ribs_names, "left", -1))
+    if present:
+        largest = max(present, key=lambda v: int((case.ribs == v).sum()))
+        out["rib broken"] = ("ribs", break_rib(case.ribs, case.geometry, ribs_names, largest, 3))
+    out["islands (ribs)"] = ("ribs", add_islands(case.ribs, case.geometry, 6, 50.0, rng))
+    vertebra_mask = case.vertebrae > 0
+    if vertebra_mask.any() and (case.ct is not None or case.skeleton is not None):
+        out["junction erased"] = ("ribs", erase_junctions(case.ribs, case.geometry, ribs_names, vertebra_mask))
+    if vertebra_mask.any():
+        values, counts = np.unique(case.vertebrae[vertebra_mask], return_counts=True)
+        out["vertebra fragment"] = ("vertebrae", mislabel_vertebra_fragment(
+            case.vertebrae, case.geometry, vert_names, int(values[np.argmax(counts)])))
+        out["islands (vertebrae)"] = ("vertebrae", add_islands(case.vertebrae, case.geometry, 6, 50.0, rng))
+    return out
+
+
+def _left_rib_head_at_a_level(case) -> bool:  # type: ignore[no-untyped-def]
+    """Whether some left rib's head is in the image, within the levels of the case's vertebrae.
+
+    Without one, nothing in the map says which number a rib has (e.g. a 40 mm slab holding
+    only the front parts of ribs): a shifted numbering cannot be restored, and is not scored.
+    """
+    from autoorgan.postprocess.ribs import rib_head_levels
+
+    if not case.vertebrae.any():
+        return False
+    levels = rib_head_levels(case.ribs, case.vertebrae, case.geometry)
+    return any(level is not None for name, level in levels.items() if name.startswith("rib_left_"))
+
+
+def unscored_corruptions(case) -> dict[str, str]:  # type: ignore[no-untyped-def]
+    """Corruptions :func:`corruptions` leaves out for ``case``, and why (for the benchmark report)."""
+    made = corruptions(case, np.random.default_rng(0))
+    reasons = {
+        "numbering shifted": "no left rib head inside the image at a level of the vertebrae",
+        "junction erased": "no vertebrae, or neither CT nor skeleton map",
+        "vertebra fragment": "no vertebrae",
+        "sides swapped": "no rib number present on both sides",
+    }
+    out = {name: why for name, why in reasons.items() if name not in made}
+    if "vertebra fragment" in made and not (made["vertebra fragment"][1] != case.vertebrae).any():
+        levels = sorted(task_names("vertebrae")[int(v)] for v in np.unique(case.vertebrae) if v)
+        out["vertebra fragment"] = f"no vertebra two levels from another in the map ({', '.join(levels)})"
+    return out
+
+
+def repair_case_map(case, task: str, labels: np.ndarray):  # type: ignore[no-untyped-def]
+    """Repair ``labels`` (a map of ``task``) with the case's other maps as companions."""
+    from autoorgan.postprocess.repair import Companions, repair_labels
+
+    if task == "ribs":
+        companions = Companions(vertebrae=case.vertebrae if case.vertebrae.any() else None,
+                                vertebra_names=task_names("vertebrae"), ct=case.ct,
+                                skeleton=case.skeleton if case.ct is None else None)
+    else:
+        companions = Companions(ct=case.ct)
+    return repair_labels(labels, case.geometry, task_names(task), companions=companions)
+
+
+def evaluate(case, orientations: tuple[str, ...], seed: int = 0) -> list[Row]:  # type: ignore[no-untyped-def]
+    """Corrupt ``case`` once, then repair every corruption (and the clean maps) in each orientation."""
+    import time
+
+    base = corruptions(case, np.random.default_rng(seed))
+    rows: list[Row] = []
+    for codes in orientations:
+        oriented = case.reoriented(codes) if codes != "as stored" else case
+        plan_maps = {"none": ("ribs", case.ribs), "none (vertebrae)": ("vertebrae", case.vertebrae), **base}
+        for name, (task, corrupted) in plan_maps.items():
+            if task == "vertebrae" and not case.vertebrae.any():
+                continue
+            reference = case.ribs if task == "ribs" else case.vertebrae
+            if codes != "as stored":
+                from autoorgan.io.orientation import plan_reorientation
+
+                plan = plan_reorientation(case.geometry.direction_matrix, codes)
+                reference, corrupted = (np.ascontiguousarray(plan.to_target(reference)),
+                                        np.ascontiguousarray(plan.to_target(corrupted)))
+            start = time.perf_counter()
+            result = repair_case_map(oriented, task, corrupted)
+            seconds = time.perf_counter() - start
+            rows.append(Row(case.name, codes, task, name, score(reference, corrupted, result.labels), seconds))
+    return rows

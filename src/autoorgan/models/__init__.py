@@ -1,0 +1,1 @@
+"""The models folder: finding, installing and checking nnU-Net models; known releases."""

@@ -1,0 +1,1 @@
+"""Task tables: the seven tasks and custom ones (``configs/``), the whole-body table, task selection."""

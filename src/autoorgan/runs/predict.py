@@ -1,0 +1,302 @@
+"""One predict run, for one task or several: from the options to a :class:`BatchJob` and its result.
+
+The same path serves every run: the task selection is resolved (one task, with its one-model
+overrides, or several), the cases of this shard are found, the models located and checked, one
+:class:`~autoorgan.batch.job.CaseSegmenter` chosen (one task's model, or the cascade of several
+in whole-body values), and the steps of the options are put in order. What ``--continue``
+compares (``output_options`` and ``made_with``) derives from the option fields marked as
+affecting outputs or labels (:class:`autoorgan.options.Affects`).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from autoorgan.batch.job import BatchJob, BatchResult, BatchStep, CaseSegmenter, CaseStep, ProgressListener
+from autoorgan.batch.sharding import check_shard, select_shard
+from autoorgan.errors import InputError, ModelLoadError, ModelNotFoundError
+from autoorgan.io.cases import Case, find_cases
+from autoorgan.models.store import (
+    ModelLocation,
+    find_model,
+    label_mismatch,
+    read_model_labels,
+    require_model,
+    resolve_models_dir,
+)
+from autoorgan.options import Affects, OutputType, PredictOptions, SpeedOptions, option_fields
+from autoorgan.postprocess import BONE_TASKS
+from autoorgan.registry.selection import is_multi_task, resolve_task_selection, split_task_selection, whole_body_task
+from autoorgan.registry.tasks import Task, TaskRegistry, load_registry, resolve_task
+from autoorgan.steps.segment import IntensityCheck, ModelPool, TaskModel, TaskSegmenter
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TaskSelection:
+    """The tasks of a run; ``several`` when the outputs are one whole-body map of them."""
+
+    tasks: list[Task]
+    several: bool
+
+    @property
+    def output_task(self) -> Task:
+        """The label table of the outputs: the task's own, or the whole-body table of the tasks."""
+        return whole_body_task(self.tasks) if self.several else self.tasks[0]
+
+
+def select_tasks(task: str | Sequence[str], options: PredictOptions,
+                 registry: TaskRegistry | None = None) -> TaskSelection:
+    """The tasks ``--task`` names, with the one-model overrides of ``options`` applied to a single
+    task (they cannot apply to several: :class:`InputError`)."""
+    if is_multi_task(task):
+        given = sorted(f"--{k.replace('_', '-')}" for k in options.model_overrides())
+        if given:
+            raise InputError(f"{', '.join(given)} change one model and cannot apply to several tasks; change the "
+                             "models of a multi-task run in a --tasks-file")
+        return TaskSelection(resolve_task_selection(task, registry or load_registry(options.tasks_file)), True)
+    if options.keep_task_maps or options.cascade_margin is not None or not options.cascade:
+        raise InputError("--keep-task-maps, --cascade-margin and --no-cascade apply only to runs with several tasks")
+    name = task if isinstance(task, str) else split_task_selection(task)[0]
+    return TaskSelection([resolve_task(name, tasks_file=options.tasks_file, **options.model_overrides())], False)
+
+
+def predict_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, options: PredictOptions,
+                  listener: ProgressListener | None = None) -> BatchResult:
+    """Run ``predict`` over the cases of this shard (see :func:`autoorgan.api.predict`)."""
+    check_shard(options.part_id, options.num_parts)
+    from autoorgan.io.dicom import set_max_archive_size
+
+    set_max_archive_size(options.max_archive_size)
+    job = plan_batch(task, input_path, output_dir, options, listener or ProgressListener())
+    return job.run()
+
+
+def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, options: PredictOptions,
+               listener: ProgressListener) -> BatchJob:
+    """The batch job of a predict run: its cases, its segmenter and its steps."""
+    if options.keep_task_maps and (options.split or options.split_only):
+        raise InputError("--keep-task-maps and --split both write into OUT/<case>/; choose one")
+    selection = select_tasks(task, options)
+    output_task = selection.output_task
+    outputs = OutputPlan.of(output_task, options)
+    all_cases = find_cases(input_path, exclude=output_dir)
+    cases = select_shard(all_cases, [c.case_id for c in all_cases], options.part_id, options.num_parts)
+    log.info("%d case(s) in %s; %d in part %d of %d", len(all_cases), input_path, len(cases), options.part_id,
+             options.num_parts)
+    locations = locate_models(selection, options.models_dir)
+    for t in selection.tasks:
+        warn_on_label_mismatch(t, locations[t.name].dataset_json)
+
+    from autoorgan import engine
+
+    torch_device = resolve_device(options.device)
+    speed = options.speed()
+    pool = ModelPool(lambda model: load_segmenter(model.location, model.task, torch_device, speed,
+                                                  trust_checkpoint=options.trust_checkpoint))
+    repaired = sorted(t.name for t in selection.tasks if repairs(t, options))
+    segmenter = make_segmenter(selection, locations, pool, options, repaired, engine.nnunet_version())
+    # --continue: a case is complete only for the same outputs (the fields that affect them, as
+    # this run resolved them) and the same models and prediction settings.
+    output_options: dict[str, Any] = {"tasks": [t.name for t in selection.tasks], **outputs.recorded}
+    resolved = {"postprocess": repaired, "cascade": cascading(selection, options),
+                "cascade_margin": options.cascade_margin if cascading(selection, options) else None}
+    given = options.as_record()  # the speed settings resolved
+    for f in option_fields(Affects.OUTPUTS):
+        output_options.setdefault(f.name, resolved.get(f.name, given[f.name]))
+    made_with = {"models": {t.name: model_identity(t, locations[t.name]) for t in selection.tasks},
+                 "prediction": {f.name: given[f.name] for f in option_fields(Affects.LABELS)}}
+    extra: list[CaseStep] = []
+    if options.keep_task_maps:
+        from autoorgan.steps.cascade import TaskMapsStep
+
+        extra.append(TaskMapsStep({t.name: t for t in selection.tasks}, suffix=outputs.label_suffix))
+    reports = report_steps(output_task, cases, [locations[t.name].checkpoint for t in selection.tasks], torch_device,
+                           options=options, record={"task": output_task.name,
+                                                    "tasks": [t.name for t in selection.tasks],
+                                                    "input": str(input_path), "output": str(output_dir)})
+    return BatchJob(
+        task=output_task, cases=cases, output_dir=output_dir, segmenter=segmenter, resume=options.resume,
+        listener=listener, skip_failed=options.skip_failed, postprocess=[IntensityCheck(), *outputs.postprocess],
+        extra_outputs=[*extra, *reports.case_steps, *outputs.extra_outputs], finalizers=reports.finalizers,
+        abort_steps=reports.abort_steps, label_suffix=outputs.label_suffix,
+        write_label_map=not options.split_only, output_options=output_options, made_with=made_with)
+
+
+def repairs(task: Task, options: PredictOptions) -> bool:
+    """Whether ``task``'s maps are repaired: ``--postprocess``, by default for bone tasks."""
+    return options.postprocess if options.postprocess is not None else task.name in BONE_TASKS
+
+
+def cascading(selection: TaskSelection, options: PredictOptions) -> bool:
+    """Whether the subdivision models run on the skeleton's boxes."""
+    return selection.several and options.cascade and any(t.name == "skeleton" for t in selection.tasks)
+
+
+def make_segmenter(selection: TaskSelection, locations: dict[str, ModelLocation], pool: ModelPool,
+                   options: PredictOptions, repaired: Sequence[str], nnunet_version: str) -> CaseSegmenter:
+    """The run's segmenter: one task's model, or the cascade of several in whole-body values."""
+    if not selection.several:
+        task = selection.tasks[0]
+        return TaskSegmenter(TaskModel(task, locations[task.name]), pool, nnunet_version, repair=bool(repaired))
+    from autoorgan.registry.whole_body import whole_body_table
+    from autoorgan.steps.cascade import CascadeOptions, MultiTaskSegmenter, half_patch_mm
+
+    table = whole_body_table()
+    models = [TaskModel(task=t, location=locations[t.name], lut=table.lookup(t),
+                        half_patch_mm=half_patch_mm(locations[t.name].folder, t.configuration))
+              for t in selection.tasks]
+    return MultiTaskSegmenter(
+        name=selection.output_task.name, models=models, table=table, pool=pool, nnunet_version=nnunet_version,
+        skeleton=load_registry(options.tasks_file).get_task("skeleton"),
+        options=CascadeOptions(cascade=options.cascade, margin_mm=options.cascade_margin,
+                               repair=frozenset(repaired)))
+
+
+def locate_models(selection: TaskSelection, models_dir: Path | None) -> dict[str, ModelLocation]:
+    """The installed model of each task; one error naming every missing one."""
+    folder = resolve_models_dir(models_dir)
+    if not selection.several:
+        task = selection.tasks[0]
+        return {task.name: require_model(task, folder)}
+    found = {t.name: find_model(t, folder) for t in selection.tasks}
+    missing = [t for t in selection.tasks if found[t.name] is None]
+    if missing:
+        raise ModelNotFoundError(
+            f"no model for task(s) {', '.join(f'{t.name} (dataset {t.dataset_id})' for t in missing)} in {folder}; "
+            "install them with 'autoorgan install-weights MODEL.zip' or point --models-dir at them")
+    return {name: location for name, location in found.items() if location is not None}
+
+
+@dataclass(frozen=True)
+class OutputPlan:
+    """The label-map format and the output steps of a run: the ROI subset after the repair, the
+    per-structure masks and the DICOM SEG after the other extra outputs."""
+
+    label_suffix: str
+    postprocess: list[CaseStep]
+    extra_outputs: list[CaseStep]
+    #: How this run resolved the output fields, for ``output_options``.
+    recorded: dict[str, Any]
+
+    @classmethod
+    def of(cls, task: Task, options: PredictOptions) -> OutputPlan:
+        from autoorgan.io.dicom_seg import DicomSegStep
+        from autoorgan.steps.roi import RoiSubsetStep, resolve_roi_subset
+        from autoorgan.steps.split import SplitMasksStep
+
+        kind = options.output_type
+        structures = None
+        if options.roi_subset is not None:
+            structures = resolve_roi_subset(task.labels, list(options.roi_subset), task.name)
+        extra: list[CaseStep] = []
+        if options.split or options.split_only:
+            extra.append(SplitMasksStep(structures, suffix=kind.suffix))
+        if kind is OutputType.DICOM_SEG:
+            extra.append(DicomSegStep())
+        recorded = {"output_type": kind.value, "split": bool(options.split or options.split_only),
+                    "split_only": bool(options.split_only),
+                    "roi_subset": sorted(structures.values()) if structures else None}
+        return cls(label_suffix=kind.suffix, postprocess=[RoiSubsetStep(structures)] if structures else [],
+                   extra_outputs=extra, recorded=recorded)
+
+
+@dataclass(frozen=True)
+class ReportPlan:
+    """The report outputs of a run (see :mod:`autoorgan.steps.report`)."""
+
+    case_steps: list[CaseStep]
+    finalizers: list[BatchStep]
+    #: Run when the batch aborts: an aborted batch (interrupted, output error, a model that cannot
+    #: load) still gets its run record (status "aborted") and the overview of what is done.
+    abort_steps: list[BatchStep]
+
+
+def report_steps(task: Task, cases: Sequence[Case], checkpoints: Sequence[Path], torch_device: object, *,
+                 options: PredictOptions, record: dict[str, Any]) -> ReportPlan:
+    """Statistics and previews per case; the statistics table, run record and overview per run."""
+    from autoorgan.report.run_record import RunRecorder, describe_device
+    from autoorgan.steps import report
+
+    case_steps: list[report.ReportStep] = []
+    if options.statistics:
+        case_steps.append(report.StatisticsStep())
+    if options.preview:
+        case_steps.append(report.PreviewStep())
+    recorder = RunRecorder(part_id=options.part_id, num_parts=options.num_parts,
+                           options={**record, **options.as_record()}, checkpoints=list(checkpoints),
+                           device=describe_device(torch_device))
+    finalizers: list[BatchStep] = [report.BackfillSkipped(task, cases, case_steps)] if case_steps else []
+    finalizers.append(recorder)
+    if options.statistics:
+        finalizers.append(report.StatisticsTable())
+    index = report.IndexPage(task, recorder)
+    finalizers.append(index)
+    return ReportPlan(case_steps=list(case_steps), finalizers=finalizers, abort_steps=[recorder, index])
+
+
+def model_identity(task: Task, location: ModelLocation) -> dict[str, Any]:
+    """What identifies the model that makes a task's labels, for the sidecar's ``made_with``: the
+    nnU-Net dataset, trainer, plans, configuration and fold, and the SHA-256 of the checkpoint and of
+    ``plans.json`` (a retrained or edited model is another model). Each file is hashed once per run
+    (:func:`autoorgan.report.run_record.sha256_file` remembers it)."""
+    from autoorgan.report.run_record import sha256_file
+
+    try:
+        checkpoint = sha256_file(location.checkpoint)
+        plans = sha256_file(location.folder / "plans.json")
+    except OSError as exc:
+        raise ModelLoadError(f"cannot read the model of task '{task.name}' in {location.folder}: "
+                             f"{exc.strerror or exc}") from None
+    return {"dataset_id": task.dataset_id, "trainer": task.trainer, "plans": task.plans,
+            "configuration": task.configuration, "fold": str(task.fold), "checkpoint_sha256": checkpoint,
+            "plans_sha256": plans}
+
+
+def load_segmenter(location: ModelLocation, task: Task, torch_device: object, speed: SpeedOptions, *,
+                   trust_checkpoint: bool) -> Any:
+    """``task``'s model (at ``location``) loaded for prediction with ``speed``'s settings; a
+    checkpoint that needs code, or any failure inside nnU-Net's loader, is one :class:`ModelLoadError`
+    line naming the model."""
+    from autoorgan import engine
+
+    try:
+        return engine.Segmenter(location.folder, task.fold, torch_device, tile_step_size=speed.step_size,
+                                trust_checkpoint=trust_checkpoint, use_mirroring=speed.tta,
+                                crop_body=speed.crop_body, export=speed.export)
+    except engine.UnsafeCheckpoint as exc:
+        raise ModelLoadError(f"refusing to load {location.checkpoint}: {exc}; pass --trust-checkpoint only "
+                             "if you trust where this model comes from") from None
+    except Exception as exc:
+        raise ModelLoadError(f"cannot load the model of task '{task.name}' in {location.folder}: "
+                             f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
+
+
+def resolve_device(device: str) -> object:
+    """The torch device of ``--device`` (:class:`InputError` for an unknown or absent one)."""
+    from autoorgan import engine
+
+    try:
+        return engine.resolve_device(device)
+    except ValueError as exc:
+        raise InputError(str(exc)) from None
+
+
+def warn_on_label_mismatch(task: Task, dataset_json: Path) -> None:
+    """Log when the model's ``dataset.json`` labels differ from the task table (outputs are named
+    by the table)."""
+    try:
+        difference = label_mismatch(task, read_model_labels(dataset_json))
+    except (OSError, ValueError) as exc:
+        raise ModelLoadError(f"cannot read {dataset_json}: {exc}") from None
+    if difference:
+        log.warning("the model's dataset.json labels differ from the task table of '%s' (%s); "
+                    "outputs are named by the task table", task.name, difference)
+
+
+__all__ = ["TaskSelection", "plan_batch", "predict_batch", "select_tasks"]

@@ -1,0 +1,205 @@
+"""Segmentation of one case by task models: the CT reoriented into the model's orientation,
+predicted and brought back onto its own grid; the task models of a run, loaded at most once and
+only when a case needs them; and the segmenter of a one-task run.
+
+A run with several tasks uses :class:`autoorgan.steps.cascade.MultiTaskSegmenter` on the same
+pieces; both are :class:`autoorgan.batch.job.CaseSegmenter`\\ s, the only kind of segmenter a
+batch job knows.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+import numpy as np
+
+from autoorgan import __version__
+from autoorgan.batch.job import CaseContext, ProgressListener, Segmentation
+from autoorgan.batch.outputs import CaseOutputs
+from autoorgan.errors import CaseError
+from autoorgan.io.cases import Case
+from autoorgan.io.image import Volume
+from autoorgan.io.orientation import plan_reorientation
+from autoorgan.io.reading import source_sidecar
+from autoorgan.models.store import ModelLocation
+from autoorgan.registry.tasks import Task
+from autoorgan.steps.repair import repair_task_map
+
+log = logging.getLogger(__name__)
+
+
+class Predictor(Protocol):
+    """What a run needs of a loaded model (see :class:`autoorgan.engine.Segmenter`)."""
+
+    #: The nnU-Net trainer of the loaded checkpoint.
+    trainer_name: str
+    #: Seconds per stage of the last prediction (``preprocess``, ``network``, ``export``).
+    last_timing: Mapping[str, float]
+    #: Tiles of the last prediction: (run, of the whole image's).
+    last_tiles: tuple[int, int]
+
+    def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
+                roi: tuple[slice, slice, slice] | None = None) -> np.ndarray: ...
+
+
+def label_dtype(max_label: int) -> type[np.unsignedinteger[Any]]:
+    """uint8 where every label fits, else uint16."""
+    return np.uint8 if max_label <= np.iinfo(np.uint8).max else np.uint16
+
+
+def prepare_intensities(array: np.ndarray) -> np.ndarray:
+    """Float32 copy of the CT for the network; non-finite voxels become the image's minimum."""
+    data = np.asarray(array, dtype=np.float32)
+    finite = np.isfinite(data)
+    if not finite.all():
+        fill = float(data[finite].min()) if finite.any() else 0.0
+        data = np.where(finite, data, fill)
+        log.warning("%d non-finite voxel(s) replaced by %g before prediction", int((~finite).sum()), fill)
+    return data
+
+
+def intensity_warnings(array: np.ndarray) -> list[str]:
+    """Plain-language warnings when an image does not look like a CT in Hounsfield units.
+
+    The models are trained on CT: an MR image or a CT whose rescale slope/intercept was not
+    applied gives meaningless labels, so the user is told (the case is still processed).
+    """
+    finite = array[np.isfinite(array)] if np.issubdtype(array.dtype, np.floating) else array
+    if finite.size == 0:
+        return ["the image holds no finite intensities"]
+    low, high = (float(v) for v in np.percentile(finite[:: max(1, finite.size // 200_000)], [0.5, 99.5]))
+    warnings = []
+    if low > -200.0:
+        warnings.append(f"intensities do not look like CT in Hounsfield units (0.5th percentile {low:.0f}, "
+                        "no air below -200); is this MR, or CT without rescale slope/intercept applied?")
+    elif high - low < 100.0:
+        warnings.append(f"intensity range is very narrow ({low:.0f}..{high:.0f}); results may be meaningless")
+    return warnings
+
+
+def segment_volume(volume: Volume, task: Task, predictor: Predictor,
+                   roi: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+    """Label map of ``volume`` on its own grid (``[x, y, z]``, the volume's shape).
+
+    The CT is permuted/flipped into the orientation the task's model was trained in, predicted,
+    and the prediction is brought back with the exact inverse permutation — no resampling of
+    the CT or of the labels by autoorgan. ``roi`` (a box of the volume's array) limits the
+    prediction to that region, exactly as the whole image's prediction there (see
+    :meth:`autoorgan.engine.Segmenter.predict`); the rest is background.
+    """
+    reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
+    oriented = reorientation.to_target(prepare_intensities(volume.array))
+    spacing = reorientation.spacing(volume.geometry.spacing)
+    box = None if roi is None else reorientation.box_to_target(roi, volume.array.shape)
+    prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]),
+                                       roi=None if box is None else (box[2], box[1], box[0]))
+    labels = reorientation.to_source(np.asarray(prediction_zyx).transpose(2, 1, 0))
+    if labels.shape != volume.array.shape:
+        raise CaseError(f"prediction shape {labels.shape} differs from the image {volume.array.shape}")
+    return np.ascontiguousarray(labels.astype(label_dtype(task.max_label), copy=False))
+
+
+def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
+                  label_file: str, orientation: str) -> dict[str, Any]:
+    """The sidecar written next to a label map: what made it and what its values mean.
+
+    It deliberately holds no image metadata beyond the input file's name and, for DICOM, the
+    series' UID, number, description and modality (no patient data).
+    """
+    return {
+        "task": task.name,
+        "dataset_id": task.dataset_id,
+        "trainer": trainer,
+        "plans": task.plans,
+        "configuration": task.configuration,
+        "fold": task.fold,
+        "labels": {str(value): name for value, name in task.labels.items()},
+        "label_map": label_file,
+        "input": case.name,
+        "input_orientation": orientation,
+        "model_orientation": task.orientation or orientation,
+        "versions": {"autoorgan": __version__, "nnunetv2": nnunet},
+        **source_sidecar(case),
+    }
+
+
+@dataclass(frozen=True)
+class TaskModel:
+    """One task of a run with its installed model; ``lut`` maps its values into the whole-body
+    table (several tasks), ``half_patch_mm`` sizes the cascade's margin."""
+
+    task: Task
+    location: ModelLocation
+    lut: np.ndarray | None = None
+    half_patch_mm: tuple[float, float, float] | None = None
+
+
+@dataclass
+class ModelPool:
+    """The models of a run, each loaded by ``load`` at most once, when a case first needs it."""
+
+    load: Callable[[TaskModel], Predictor]
+    loaded: dict[str, Predictor] = field(default_factory=dict)
+
+    def get(self, model: TaskModel, case_id: str, listener: ProgressListener, stage: str) -> Predictor:
+        name = model.task.name
+        if name not in self.loaded:
+            listener.case_stage(case_id, stage)
+            self.loaded[name] = self.load(model)
+        return self.loaded[name]
+
+    def trainer_name(self, model: TaskModel) -> str:
+        """The trainer of the loaded checkpoint (the task table's until the model is loaded)."""
+        loaded = self.loaded.get(model.task.name)
+        return loaded.trainer_name if loaded is not None else model.task.trainer
+
+
+@dataclass
+class TaskSegmenter:
+    """Segments a case with one task's model, in the task's own label values; with ``repair`` the
+    map is repaired anatomically (:func:`autoorgan.steps.repair.repair_task_map`)."""
+
+    model: TaskModel
+    pool: ModelPool
+    nnunet_version: str
+    repair: bool = False
+
+    @property
+    def dataset_id(self) -> int | None:
+        """The dataset recorded in (and required of) each finished sidecar."""
+        return self.model.task.dataset_id
+
+    def __call__(self, case: Case, volume: Volume, out: CaseOutputs, listener: ProgressListener) -> Segmentation:
+        task = self.model.task
+        predictor = self.pool.get(self.model, case.case_id, listener, "loading model")
+        listener.case_stage(case.case_id, "predicting")
+        labels = segment_volume(volume, task, predictor)
+        orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
+        sidecar = build_sidecar(task, case, trainer=predictor.trainer_name, nnunet=self.nnunet_version,
+                                label_file=out.label_map.name, orientation=orientation)
+        if self.repair:
+            listener.case_stage(case.case_id, "repairing")
+            result = repair_task_map(task, labels, volume.geometry, ct=volume.array)
+            labels = result.labels
+            sidecar["postprocess"] = result.report()
+        return Segmentation(labels=labels, sidecar=sidecar, timing=dict(predictor.last_timing))
+
+
+class IntensityCheck:
+    """Warns (log and sidecar ``"warnings"``) when the input does not look like CT in Hounsfield
+    units: the first step of every predict run."""
+
+    name = "checking intensities"
+
+    def __call__(self, ctx: CaseContext) -> None:
+        warnings = intensity_warnings(ctx.volume.array)
+        for warning in warnings:
+            log.warning("%s: %s", ctx.case.case_id, warning)
+        if warnings:
+            ctx.sidecar["warnings"] = warnings
+
+
+__all__ = ["IntensityCheck", "ModelPool", "TaskModel", "TaskSegmenter"]

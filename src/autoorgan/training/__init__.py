@@ -1,0 +1,1 @@
+"""Training data: checks and nnU-Net raw dataset layout."""
