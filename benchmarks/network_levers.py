@@ -14,7 +14,7 @@ optimisation" (``--jit``: ``torch.jit.freeze`` and ``optimize_for_inference``, w
 convolutions to oneDNN with fused activations), "denormals" (``--flush-denormal``) and "freed
 memory reused" (``--reuse-memory``: :func:`autoorgan.engine.cpu_runtime.freed_memory_reused`, glibc's
 heap keeps the activations' memory from call to call instead of unmapping it); the
-result decides whether autoorgan uses them (see the README's "Speed and memory" and
+result decides whether autoorgan uses them (see docs/performance.md and
 ``engine.tile_batch_size``).
 """
 

@@ -9,7 +9,7 @@ the CPU (:func:`network_settings`), ``malloc`` is told to take large blocks from
 keep freed memory there for the next tile (``mallopt``: ``M_MMAP_MAX`` 0, trimming off).
 Measured with ``benchmarks/network_levers.py --reuse-memory`` on 2 cores: 5.7-5.8 s per tile of
 the default architecture instead of 7.0-8.1 s, about 190,000 page faults instead of 1.3-2.2
-million; the README's "Speed and memory" quotes the figures.
+million; docs/performance.md quotes the figures.
 
 Afterwards all of it is put back, and the freed memory is returned to the system
 (``malloc_trim``). glibc adjusts its mmap threshold by itself (a freed mmapped block of up to

@@ -29,7 +29,7 @@ STEPS: tuple[str, ...] = ("islands", "sides", "vertebrae", "ribs", "junction")
 
 @dataclass(frozen=True)
 class RepairOptions:
-    """Settings of the repair steps (defaults documented in the README)."""
+    """Settings of the repair steps (defaults documented in docs/repair.md)."""
 
     min_island_mm3: float = DEFAULT_MIN_ISLAND_MM3
     bone_hu: float = DEFAULT_BONE_HU

@@ -4,7 +4,7 @@ Pure functions on arrays plus the grid: no files are read here. All voxels of a 
 gathered in one pass over the foreground (a sort by label), so a whole-body map with a hundred
 structures costs about as much as one with three.
 
-Conventions (see the README):
+Conventions (see docs/outputs.md):
 
 * volume is in millilitres (``voxels × voxel volume in mm³ / 1000``);
 * intensities are the CT values as stored (HU for CT), over every voxel of the structure;
