@@ -6,6 +6,7 @@ tests/build_fixture_models.py with autoorgan's own training path), and one short
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
@@ -37,10 +38,19 @@ def real_data() -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _no_ambient_model_settings(monkeypatch: pytest.MonkeyPatch) -> None:
-    """Tests choose their models folder explicitly; a user's environment must not leak in."""
+def _no_ambient_model_settings(monkeypatch: pytest.MonkeyPatch, tmp_path_factory: pytest.TempPathFactory) -> None:
+    """Tests choose their models folder explicitly; a user's environment must not leak in, and the
+    per-user models folder (the default) is a private temporary folder of each test: platformdirs
+    reads ``$XDG_DATA_HOME`` on Linux (subprocesses included); elsewhere its lookup is replaced."""
     for var in ("AUTOORGAN_MODELS", "nnUNet_results", "nnUNet_raw", "nnUNet_preprocessed", "AUTOORGAN_WORK"):
         monkeypatch.delenv(var, raising=False)
+    user_data = tmp_path_factory.mktemp("user-data")
+    monkeypatch.setenv("XDG_DATA_HOME", str(user_data))
+    if not sys.platform.startswith("linux"):
+        import platformdirs
+
+        monkeypatch.setattr(platformdirs, "user_data_dir", lambda appname=None, *args, **kwargs: str(
+            user_data / (appname or "")))
 
 
 #: Marker of the tests whose ``trained_models`` must come from a training run in this session

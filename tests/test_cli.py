@@ -26,7 +26,7 @@ def _wide(*args: str) -> str:
 
 def test_tasks_lists_all_seven_with_ids_and_counts(tmp_path: Path) -> None:
     output = _wide("tasks", "--models-dir", str(tmp_path))
-    for task in load_registry().values():
+    for task in (t for t in load_registry().values() if not t.demo):  # the demo's model ships with autoorgan
         line = next(ln for ln in output.splitlines() if f" {task.name} " in ln)
         assert str(task.dataset_id) in line and f" {len(task.labels)} " in line and "not installed" in line
 

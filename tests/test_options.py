@@ -27,7 +27,7 @@ NON_DEFAULT = {
     "split_only": True, "output_type": "dicom-seg", "roi_subset": "sacrum,hip_left", "models_dir": "m",
     "tasks_file": str(demo_tasks_file()), "dataset_id": 301, "trainer": "nnUNetTrainerX", "fold": "all",
     "configuration": "3d_lowres", "plans": "nnUNetResEncUNetMPlans", "trust_checkpoint": True, "cascade": False,
-    "cascade_margin": 35.0, "keep_task_maps": True, "max_archive_size": 2.5, "device": "cpu",
+    "cascade_margin": 35.0, "keep_task_maps": True, "max_archive_size": 2.5, "device": "cpu", "threads": 2,
 }
 
 

@@ -13,7 +13,15 @@ import SimpleITK as sitk
 
 from autoorgan.demo.phantom import reorient
 from autoorgan.io.image import Geometry, image_from_array, read_volume, volume_from_image
-from autoorgan.report.statistics import FIELDS, StructureStats, index_to_world, structure_statistics
+from autoorgan.report.statistics import (
+    FIELDS,
+    INTENSITY_DECIMALS,
+    POSITION_DECIMALS,
+    VOLUME_DECIMALS,
+    StructureStats,
+    index_to_world,
+    structure_statistics,
+)
 from autoorgan.steps.report import statistics_csv
 
 IDENTITY = (1.0, 0.0, 0.0, 0.0, 1.0, 0.0, 0.0, 0.0, 1.0)
@@ -101,14 +109,43 @@ def test_mismatched_sizes_are_refused() -> None:
 def test_json_round_trip_and_csv_rows() -> None:
     labels, ct = _block_case()
     stats = structure_statistics(labels, ct, _grid(), {1: "block", 2: "absent"})
-    for s in stats:
-        assert StructureStats.from_json(json.loads(json.dumps(s.to_json()))) == s
+    for s in stats:  # what is written is rounded (see the next test); reading it back changes nothing more
+        assert StructureStats.from_json(json.loads(json.dumps(s.to_json()))) == s.rounded()
+        assert s.rounded().to_json() == s.to_json()
     document = {"structures": {s.structure: s.to_json() for s in stats}}
     rows = list(csv.DictReader(io.StringIO(statistics_csv({"case A": document, "case B": document}))))
     assert len(rows) == 4 and list(rows[0]) == ["case", *FIELDS]
     assert [(r["case"], r["structure"], r["voxels"]) for r in rows] == [
         ("case A", "block", "1000"), ("case A", "absent", "0"), ("case B", "block", "1000"), ("case B", "absent", "0")]
     assert float(rows[0]["volume_ml"]) == 1.0 and rows[1]["centroid_x_mm"] == "" and rows[1]["volume_ml"] == "0.0"
+
+
+def _decimals(value: float) -> int:
+    text = repr(float(value))
+    assert "e" not in text, text
+    return len(text.split(".")[1].rstrip("0"))
+
+
+def test_written_statistics_have_the_chosen_decimals() -> None:
+    labels, ct = _block_case()
+    c, s = np.cos(np.radians(17)), np.sin(np.radians(17))
+    grid = _grid(spacing=(0.7, 0.9, 1.1), origin=(0.1, -0.3, 12.7), direction=(c, -s, 0.0, s, c, 0.0, 0.0, 0.0, 1.0))
+    stats = structure_statistics(labels, ct.astype(np.float32) / 3, grid, {1: "block", 3: "edge"})
+    assert _decimals(stats[0].volume_ml) > VOLUME_DECIMALS  # the computation is not rounded
+    limits = {"volume_ml": VOLUME_DECIMALS, "intensity": INTENSITY_DECIMALS, "_mm": POSITION_DECIMALS}
+    for s in stats:
+        entry, row = s.to_json(), s.to_row()
+        floats = {key: entry[key] for key in entry if isinstance(entry[key], float)}
+        floats |= {f"centroid_{i}_mm": v for i, v in enumerate(entry["centroid_mm"])}
+        floats |= {f"bbox_{i}_mm": v for i, v in enumerate(entry["bbox_mm"][0] + entry["bbox_mm"][1])}
+        floats |= {f"row_{key}": v for key, v in row.items() if isinstance(v, float)}
+        assert len(floats) == 6 + 3 + 6 + 15
+        for key, value in floats.items():
+            limit = next(d for part, d in limits.items() if part in key)
+            assert _decimals(value) <= limit, (key, value)
+        assert entry["volume_ml"] == pytest.approx(s.volume_ml, abs=0.0005)
+        assert entry["intensity_std"] == pytest.approx(s.intensity_std, abs=0.005)
+    assert stats[0].to_json()["volume_ml"] == 0.693  # 1000 voxels of 0.693 mm³, not 0.6930000000000001
 
 
 def test_matches_totalsegmentator_published_statistics(real_data: Path) -> None:

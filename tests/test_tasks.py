@@ -8,17 +8,24 @@ from pathlib import Path
 import pytest
 
 from autoorgan.errors import TaskError
-from autoorgan.registry.tasks import load_registry, normalize_name, parse_label_table, resolve_task
+from autoorgan.registry.tasks import Task, load_registry, normalize_name, parse_label_table, resolve_task
 
 SPEC = Path(__file__).resolve().parents[1].parent / "shared" / "spec" / "autoorgan_tasks.json"
 EXPECTED_IDS = {"skeleton": 106, "vertebrae": 108, "ribs": 998, "upper_limb": 113, "hip": 114,
                 "lower_limb": 112, "organs": 999}
 
 
+def _seven_tasks() -> dict[str, Task]:
+    """The built-in AutoOrgan tasks (the registry also holds the demo task)."""
+    return {name: task for name, task in load_registry().items() if not task.demo}
+
+
 def test_builtin_tasks_have_spec_ids_and_defaults() -> None:
-    registry = load_registry()
+    registry = _seven_tasks()
     assert {name: task.dataset_id for name, task in registry.items()} == EXPECTED_IDS
+    assert [name for name, task in load_registry().items() if task.demo] == ["demo_pelvis"]
     for task in registry.values():
+        assert task.models_dir is None
         assert task.trainer == "nnUNetTrainerNoMirroring"
         assert task.fold == 0
         assert task.configuration == "3d_fullres"
@@ -35,7 +42,7 @@ def test_builtin_labels_equal_the_spec_table() -> None:
 
 
 def test_label_counts() -> None:
-    counts = {name: len(task.labels) for name, task in load_registry().items()}
+    counts = {name: len(task.labels) for name, task in _seven_tasks().items()}
     assert counts == {"skeleton": 6, "vertebrae": 24, "ribs": 24, "upper_limb": 16, "hip": 3,
                       "lower_limb": 14, "organs": 24}
     ribs = load_registry()["ribs"].labels

@@ -6,7 +6,10 @@ The Python API mirrors the command line::
     result = autoorgan.predict("ribs", "ct/", "out/", device="cpu", statistics=True)
 
 The keyword options are the fields of :class:`autoorgan.PredictOptions`, the same as the command
-line's.
+line's. An image held in memory (SimpleITK, nibabel or NumPy) is segmented by the same run::
+
+    seg = autoorgan.segment(image, task="ribs", device="cpu")
+    seg.labels, seg.label_table
 """
 
 from __future__ import annotations
@@ -21,16 +24,34 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 
 from autoorgan.options import PredictOptions
 
-__all__ = ["PredictOptions", "__version__", "install_weights", "list_tasks", "predict", "task_labels"]
+__all__ = ["PredictOptions", "Segmented", "__version__", "export_weights", "install_weights", "list_tasks", "predict",
+           "repair", "segment", "task_labels", "train"]
+#: Names of :mod:`autoorgan.api` exported here, imported on first use.
+_API = frozenset(__all__) - {"PredictOptions", "__version__"}
 
 if TYPE_CHECKING:
-    from autoorgan.api import install_weights, list_tasks, predict, task_labels
+    from autoorgan.api import (
+        Segmented,
+        export_weights,
+        install_weights,
+        list_tasks,
+        predict,
+        repair,
+        segment,
+        task_labels,
+        train,
+    )
 
 
 def __getattr__(name: str) -> Any:
     # The API imports SimpleITK and numpy; keep `import autoorgan` (and `--help`) cheap.
-    if name in {"predict", "list_tasks", "task_labels", "install_weights"}:
+    if name in _API:
         from autoorgan import api
 
         return getattr(api, name)
     raise AttributeError(f"module 'autoorgan' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    # The public API (with the lazy names), not the helpers this module imports.
+    return sorted({*__all__, *(name for name in globals() if name.startswith("__"))})

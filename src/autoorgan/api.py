@@ -1,7 +1,8 @@
 """The typed Python API: what the command line does, callable from scripts and notebooks.
 
 Functions raise :class:`autoorgan.errors.AutoOrganError` subclasses for problems a user can fix.
-``predict`` takes the options of :class:`autoorgan.options.PredictOptions` as keywords.
+``predict`` takes the options of :class:`autoorgan.options.PredictOptions` as keywords;
+``segment`` does the same for an image held in memory (SimpleITK, nibabel or NumPy).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoorgan.batch.job import BatchResult, ProgressListener
-from autoorgan.errors import InputError, ModelLoadError
+from autoorgan.errors import AutoOrganError, InputError, ModelLoadError
 from autoorgan.models.store import (
     InstalledModel,
     find_model,
@@ -24,6 +25,7 @@ from autoorgan.models.store import (
 from autoorgan.models.store import install_weights as _install_weights
 from autoorgan.options import PredictOptions, build_options
 from autoorgan.registry.tasks import Task, load_registry, resolve_task
+from autoorgan.runs.segment import Segmented, segment_image
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +66,47 @@ def predict(
     return predict_batch(task, Path(input), Path(output), chosen, listener)
 
 
+def segment(
+    image: Any,
+    task: str | Sequence[str],
+    *,
+    output: PathLike | None = None,
+    spacing: Sequence[float] | None = None,
+    origin: Sequence[float] | None = None,
+    direction: Sequence[float] | None = None,
+    name: str = "image",
+    listener: ProgressListener | None = None,
+    options: PredictOptions | None = None,
+    **settings: Any,
+) -> Segmented:
+    """Segment an image held in memory with the model of ``task``: the same run as :func:`predict`.
+
+    ``image`` is a 3D SimpleITK image, a nibabel NIfTI image (``Nifti1Image``/``Nifti2Image``), or a
+    NumPy array indexed ``[x, y, z]`` (as nibabel's; pass ``sitk.GetArrayFromImage(img)`` as
+    ``.transpose(2, 1, 0)``) with ``spacing`` (mm along x, y, z; required), ``origin`` and
+    ``direction`` (9 numbers, row by row) in SimpleITK's LPS convention (defaults: 0 and identity).
+
+    The image is written as one case into a private temporary folder and segmented by
+    :func:`predict`'s code; the label map and its sidecar are read back and the temporary folders
+    removed. Returns :class:`~autoorgan.runs.segment.Segmented`: ``labels`` of the input's kind
+    (SimpleITK image / nibabel image with the input's affine / NumPy array) with exactly the input's
+    grid, ``label_table`` (value → structure name) and ``sidecar``. ``task`` and ``settings`` are
+    :func:`predict`'s. Nothing is written elsewhere unless ``output`` names a folder: it then keeps
+    ``OUTPUT/<name>.nii.gz``, ``OUTPUT/<name>.json`` and the run's report files, and takes the
+    options that only add files (``statistics``, ``preview``, ``split``, ``keep_task_maps``,
+    ``output_type="nrrd"``). Options for batches of files (``resume``, ``skip_failed``,
+    ``split_only``, ``max_archive_size``, ``part_id``/``num_parts``) are refused
+    (:class:`~autoorgan.errors.InputError`), as is an input of another kind; an image the run cannot
+    segment raises :class:`~autoorgan.errors.CaseError` with the case's one-line reason.
+    """
+    try:
+        chosen = build_options(options, **settings)
+    except TypeError as exc:
+        raise TypeError(f"segment(): {exc}") from None
+    return segment_image(task, image, chosen, output=None if output is None else Path(output), spacing=spacing,
+                         origin=origin, direction=direction, name=name, listener=listener)
+
+
 @dataclass(frozen=True)
 class TaskStatus:
     """A task and whether its model is installed."""
@@ -81,7 +124,7 @@ def list_tasks(*, tasks_file: PathLike | None = None, models_dir: PathLike | Non
     registry = load_registry(tasks_file)
     try:
         folder: Path | None = resolve_models_dir(models_dir)
-    except Exception:
+    except (AutoOrganError, OSError, RuntimeError):  # no models folder: every task shows as not installed
         folder = None
     statuses = []
     for task in registry.values():
@@ -90,7 +133,7 @@ def list_tasks(*, tasks_file: PathLike | None = None, models_dir: PathLike | Non
     return statuses
 
 
-def task_labels(*, task: str, tasks_file: PathLike | None = None) -> dict[int, str]:
+def task_labels(task: str, *, tasks_file: PathLike | None = None) -> dict[int, str]:
     """Label value → structure name of ``task``; ``all``: the whole-body table of multi-task runs."""
     from autoorgan.registry.whole_body import ALL, whole_body_table
 
@@ -100,7 +143,7 @@ def task_labels(*, task: str, tasks_file: PathLike | None = None) -> dict[int, s
 
 
 def install_weights(
-    *, archive: PathLike, models_dir: PathLike | None = None, tasks_file: PathLike | None = None,
+    archive: PathLike, *, models_dir: PathLike | None = None, tasks_file: PathLike | None = None,
     force: bool = False, sha256: str | None = None, trust_checkpoint: bool = False,
     max_size_gb: float | None = None, max_ratio: float | None = None,
 ) -> list[InstalledModel]:
@@ -126,9 +169,9 @@ def resolve_work_dir(work_dir: PathLike | None) -> Path:
 
 
 def train(
-    *,
     task: str,
     data: PathLike,
+    *,
     models_dir: PathLike | None = None,
     work_dir: PathLike | None = None,
     tasks_file: PathLike | None = None,
@@ -191,9 +234,9 @@ def train(
 
 
 def export_weights(
-    *,
     task: str,
     output: PathLike,
+    *,
     models_dir: PathLike | None = None,
     tasks_file: PathLike | None = None,
     dataset_id: int | None = None,
@@ -238,10 +281,10 @@ def export_weights(
 
 
 def repair(
-    *,
     task: str,
     input: PathLike,
     output: PathLike,
+    *,
     vertebrae: PathLike | None = None,
     ct: PathLike | None = None,
     skeleton: PathLike | None = None,
@@ -281,5 +324,5 @@ def repair(
                         listener=listener)
 
 
-__all__ = ["TaskStatus", "export_weights", "install_weights", "list_tasks", "predict", "repair", "task_labels",
-           "train"]
+__all__ = ["Segmented", "TaskStatus", "export_weights", "install_weights", "list_tasks", "predict", "repair",
+           "segment", "task_labels", "train"]

@@ -216,12 +216,13 @@ class PredictOptions:
              "<case>.seg.dcm referencing the series).")
     roi_subset: tuple[str, ...] | None = _option(
         None, "--roi-subset", cli_type=str, affects=Affects.OUTPUTS, panel="Outputs",
-        help="Keep only these structures, comma-separated (e.g. liver,spleen; see 'autoorgan labels').")
+        help="Keep only these structures, comma- or space-separated (e.g. liver,spleen or liver spleen; see "
+             "'autoorgan labels').")
     # -- the model ---------------------------------------------------------------------------------
     models_dir: Path | None = _option(
         None, "--models-dir", panel="Model",
         help="Folder of installed models (nnU-Net results layout). Default: $AUTOORGAN_MODELS, else "
-             "$nnUNet_results.")
+             "$nnUNet_results, else the per-user folder (see 'autoorgan tasks').")
     tasks_file: Path | None = _option(
         None, "--tasks-file", cli={"exists": True, "dir_okay": False}, panel="Model",
         help="TOML or JSON task table that adds custom tasks or changes built-in ones.")
@@ -258,7 +259,12 @@ class PredictOptions:
     # -- where this process runs (not repeated by workers, which get their own) ---------------------
     device: str = _option(
         "auto", "--device", "-d", forward=False, panel="Device",
-        help="auto (CUDA if available), cpu, cuda, cuda:N or mps.")
+        help="auto (CUDA if available), cpu, cuda, cuda:N (gpu, gpu:N alike) or mps.")
+    #: Set in each process that predicts (workers get it too), before the models load.
+    threads: int | None = _option(
+        None, "--threads", cli={"min": 1}, panel="Device",
+        help="Threads of torch's CPU work (torch.set_num_threads) in each predicting process. Default: "
+             "torch's own (the cores, or OMP_NUM_THREADS; --workers share the cores).")
     part_id: int = field(default=0, metadata={"spec": None})
     num_parts: int = field(default=1, metadata={"spec": None})
 
@@ -272,6 +278,9 @@ class PredictOptions:
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
                 set_(self, name, Path(value))
+        if self.threads is not None and (isinstance(self.threads, bool) or not isinstance(self.threads, int)
+                                         or self.threads < 1):
+            raise InputError(f"--threads must be a whole number of 1 or more, got {self.threads}")
         if self.cascade_margin is not None and not self.cascade_margin >= 0:
             raise InputError(f"--cascade-margin must be 0 or more millimetres, got {self.cascade_margin}")
         self.speed()  # checks the step size

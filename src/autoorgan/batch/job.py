@@ -57,6 +57,8 @@ class CaseResult:
     case_id: str
     status: Status
     seconds: float = 0.0
+    #: Why a failed case failed, naming no case (the case is ``case_id``; the failure record and the
+    #: log line name the input file too, see :func:`failure_reason`).
     error: str | None = None
     output: Path | None = None
 
@@ -92,6 +94,10 @@ class ProgressListener:
 
     def case_stage(self, case_id: str, stage: str) -> None:
         """A case enters a stage: ``reading``, ``loading model``, ``predicting``, ``writing``."""
+
+    def case_progress(self, case_id: str, done: int, total: int) -> None:
+        """The network of the case's current stage has run ``done`` of ``total`` sliding-window
+        tiles (sent after each group of tiles; a new model or region starts again at 0)."""
 
     def case_finished(self, result: CaseResult) -> None:
         """A case ended (done, skipped or failed)."""
@@ -158,6 +164,23 @@ class BatchStep(Protocol):
     """Runs once after all cases of the batch (e.g. a CSV of all statistics, an HTML overview)."""
 
     def __call__(self, results: BatchResult, output_dir: Path) -> None: ...
+
+
+def failure_reason(case: Case, text: str) -> str:
+    """``text`` (an error's message) without the names of ``case`` it starts with.
+
+    Readers prefix their messages with the input's file name or the case id; the batch names the
+    case itself, once: the summary by its id, the failure record and the log by its input's name.
+    """
+    reason = text.strip()
+    names = [n for n in {case.name, case.case_id} if n]
+    stripped = True
+    while stripped:
+        stripped = False
+        for name in names:
+            if reason.startswith(f"{name}: ") and len(reason) > len(name) + 2:
+                reason, stripped = reason[len(name) + 2:].lstrip(), True
+    return reason or "unknown error"
 
 
 def record_timing(case_id: str, stages: dict[str, float], total: float) -> dict[str, float]:
@@ -243,12 +266,12 @@ class BatchJob:
                 earlier = read_failure(self.output_dir, case.case_id) if self.resume and self.skip_failed else None
                 if earlier is not None:
                     result = CaseResult(case.case_id, "failed",
-                                        error=f"{earlier.error} (earlier failure, not retried)")
+                                        error=f"{failure_reason(case, earlier.error)} (earlier failure, not retried)")
                 else:
                     self.listener.case_started(case.case_id)
                     result = self._run_case(case, outputs[case.case_id])
                     if result.status == "failed":
-                        write_failure(self.output_dir, case.case_id, result.error or "unknown error")
+                        write_failure(self.output_dir, case.case_id, f"{case.name}: {result.error or 'unknown error'}")
                     else:
                         clear_failure(self.output_dir, case.case_id)
                 batch.results.append(result)
@@ -284,7 +307,7 @@ class BatchJob:
         try:
             problem = reserved_case_id_problem(case.case_id)
             if problem is not None:
-                raise CaseError(f"{case.name}: {problem}")
+                raise CaseError(problem)
             self.listener.case_stage(case.case_id, "reading")
             volume = read_case(case)
             timing: dict[str, float] = {"read": time.perf_counter() - start}
@@ -325,16 +348,17 @@ class BatchJob:
         except ModelLoadError:
             raise
         except (CaseError, AutoOrganError) as exc:
-            message = str(exc) if str(exc).startswith(case.name) else f"{case.name}: {exc}"
+            reason = failure_reason(case, str(exc))
         except MemoryError:
-            message = f"{case.name}: out of memory"
+            reason = "out of memory"
         except Exception as exc:
-            # the first line of the exception's text; the name stays whole, even with a newline in it
-            message = f"{case.name}: {type(exc).__name__}: {(str(exc).splitlines() or [''])[0]}"
+            # the first line of the exception's text (a name in it stays whole: names are stripped first)
+            text = failure_reason(case, str(exc))
+            reason = f"{type(exc).__name__}: {(text.splitlines() or [''])[0]}"
             log.debug("details of the failure of %s", case.case_id, exc_info=True)
         else:
             return CaseResult(case.case_id, "done", time.perf_counter() - start, output=out.label_map)
         # A case that failed after its label map was written must not look half done.
         remove_if_unchanged(out.label_map, wrote_label_map)
-        log.error("%s", message)
-        return CaseResult(case.case_id, "failed", time.perf_counter() - start, message)
+        log.error("%s: %s", case.name, reason)
+        return CaseResult(case.case_id, "failed", time.perf_counter() - start, reason)

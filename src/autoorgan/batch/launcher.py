@@ -68,6 +68,8 @@ def parse_devices(text: str) -> list[str]:
             continue
         if item.isdigit():
             item = f"cuda:{item}"
+        elif item == "gpu" or item.startswith("gpu:"):  # the common spelling of CUDA devices
+            item = "cuda" + item[3:]
         if item == "cpu":
             raise InputError("--devices takes CUDA devices (cuda:0,cuda:1); for CPU workers use --workers N "
                              "--device cpu")

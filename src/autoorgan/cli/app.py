@@ -21,7 +21,7 @@ from rich.console import Console
 from rich.table import Table
 
 from autoorgan import __version__
-from autoorgan.cli.options import with_predict_options
+from autoorgan.cli.options import PredictCommand, with_predict_options
 from autoorgan.cli.text import SafeRichHandler, terminal_safe
 from autoorgan.errors import AutoOrganError
 from autoorgan.options import PredictOptions
@@ -56,7 +56,8 @@ TasksFileOpt = Annotated[Path | None, typer.Option(
     exists=True, dir_okay=False, show_default=False)]
 ModelsDirOpt = Annotated[Path | None, typer.Option(
     "--models-dir", help="Folder of installed models (nnU-Net results layout). "
-    "Default: $AUTOORGAN_MODELS, else $nnUNet_results.", show_default=False)]
+    "Default: $AUTOORGAN_MODELS, else $nnUNet_results, else the per-user folder (see 'autoorgan tasks').",
+    show_default=False)]
 
 
 def _fail(message: str, code: int = 1) -> NoReturn:
@@ -112,14 +113,16 @@ def _main(
 # predict
 
 
-@app.command()
+@app.command(cls=PredictCommand)
 @with_predict_options
 def predict(
     task: PredictTaskOpt,
     input: Annotated[Path, typer.Option("--input", "-i", help="A CT file or a folder of CT files "
                                         "(.nii, .nii.gz, .nrrd, .mha, ...). Any file names.", show_default=False)],
     output: Annotated[Path, typer.Option("--output", "-o", help="Output folder: <case>.nii.gz label maps and "
-                                         "<case>.json sidecars.", show_default=False)],
+                                         "<case>.json sidecars. For one input file also a label map file "
+                                         "(seg.nii.gz, .nii, .nrrd, .mha; sidecar seg.json beside it).",
+                                         show_default=False)],
     part_id: Annotated[str, typer.Option("--part-id", rich_help_panel="Device", help="This process's shard, 0..num-parts-1, or 'auto' "
                                          "(the Slurm array task).")] = "0",
     num_parts: Annotated[str, typer.Option("--num-parts", rich_help_panel="Device", help="Number of shards or 'auto' (the Slurm array "
@@ -160,6 +163,10 @@ def predict(
 
         if part_id != "0" or num_parts != "1":
             _fail("--devices/--workers make the shards themselves; drop --part-id/--num-parts", 2)
+        from autoorgan.runs.predict import output_file_of
+
+        if _run(output_file_of, input, output) is not None:
+            _fail("--devices/--workers split a folder of cases; for one input file, drop them", 2)
         forwarded = worker_arguments(task=",".join(task), input=input, output=output, options=chosen)
         with signals_as_interrupts():  # SIGTERM/Ctrl-C stop the workers too, then exit 143/130
             code = _run(predict_multi, console, predict_args=forwarded, input=input, output=output,
@@ -191,9 +198,8 @@ def _print_summary(result: BatchResult, output: Path) -> None:
     done, skipped, failed = result.count("done"), result.count("skipped"), result.count("failed")
     line = f"{done} done, {skipped} already complete, {failed} failed → {terminal_safe(output)}"
     console.print(("[green]" if not failed else "[red]") + line + "[/]", highlight=False)
-    for r in result.failed:
-        error = r.error or "unknown error"
-        what = error if error.startswith(r.case_id) else f"{r.case_id}: {error}"
+    for r in result.failed:  # the case named once, by its id: the error is the reason alone
+        what = f"{r.case_id}: {r.error or 'unknown error'}"
         console.print(f"  [red]failed[/] {terminal_safe(what)}", highlight=False, markup=True, soft_wrap=True)
 
 
@@ -206,10 +212,14 @@ def tasks(
     models_dir: ModelsDirOpt = None,
     tasks_file: TasksFileOpt = None,
 ) -> None:
-    """List the tasks: dataset ID, number of labels, and whether (and where) a model is installed."""
+    """List the tasks: dataset ID, number of labels, and whether (and where) a model is installed.
+
+    Below the table: the models folder looked in, and where that folder came from."""
     from autoorgan import api
+    from autoorgan.models.store import FROM_USER_FOLDER, models_dir_source
 
     statuses = _run(api.list_tasks, tasks_file=tasks_file, models_dir=models_dir)
+    source, folder = models_dir_source(models_dir)
     table = Table(title="autoorgan tasks")
     table.add_column("task")
     table.add_column("dataset", justify="right")
@@ -218,9 +228,18 @@ def tasks(
     table.add_column("description")
     for s in statuses:
         where = f"[green]installed[/] {terminal_safe(s.model_folder)}" if s.installed else "[dim]not installed[/]"
-        table.add_row(s.task.name, str(s.task.dataset_id), str(len(s.task.labels)), where,
+        if s.task.demo:  # shipped with autoorgan, whatever the models folder is
+            where = f"[green]shipped[/] {terminal_safe(s.model_folder)}" if s.installed else "[red]missing[/]"
+        name = f"{s.task.name} [yellow](demo)[/]" if s.task.demo else s.task.name
+        table.add_row(name, str(s.task.dataset_id), str(len(s.task.labels)), where,
                       terminal_safe(s.task.description))
     out.print(table, soft_wrap=True)
+    origin = source if source == FROM_USER_FOLDER else f"from {source}"
+    out.print(f"models folder: {terminal_safe(folder, markup=False)} ({origin})", soft_wrap=True, markup=False,
+              highlight=False)
+    if not folder.is_dir():
+        out.print("  (does not exist yet: 'autoorgan install-weights MODEL.zip' installs a model there)",
+                  soft_wrap=True, markup=False, highlight=False)
 
 
 @app.command()
@@ -242,6 +261,13 @@ def labels(
     for value, name in table_data.items():
         table.add_row(str(value), terminal_safe(name))
     out.print(table)
+    from autoorgan.registry.tasks import load_registry, normalize_name
+
+    known = load_registry(tasks_file)
+    if normalize_name(task) in known and known[normalize_name(task)].demo:
+        from autoorgan.registry.tasks import DEMO_NOTE
+
+        out.print(f"[yellow]{DEMO_NOTE}[/]", highlight=False, soft_wrap=True)
 
 
 @app.command("install-weights")

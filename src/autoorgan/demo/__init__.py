@@ -24,13 +24,13 @@ from typing import Any
 
 import numpy as np
 
+from autoorgan.registry.tasks import DEMO_NOTE
+
 log = logging.getLogger(__name__)
 
-#: Task name of the demo model (defined in this package's ``tasks.json``).
+#: Task name of the demo model (defined in this package's ``tasks.json``; a built-in task, whose
+#: model is found in :func:`demo_models_dir` whatever the models folder is).
 DEMO_TASK = "demo_pelvis"
-#: Said wherever the demo model appears.
-DEMO_NOTE = ("autoorgan DEMO MODEL: a tiny network trained on synthetic phantoms only; "
-             "it shows the pipeline and is not for real CT")
 #: Structures of the demo task (the phantom crop is taken around them).
 DEMO_STRUCTURES = ("hip_left", "hip_right", "sacrum")
 #: Voxel spacing of the demo phantoms (mm, x/y/z).
@@ -79,7 +79,9 @@ def demo_tasks_file() -> Path:
 
 def demo_models_dir() -> Path:
     """The models folder (nnU-Net results layout) holding the shipped demo model."""
-    return Path(str(resources.files(__name__) / "models"))
+    from autoorgan.registry.tasks import demo_models_dir as shipped
+
+    return shipped()
 
 
 def demo_phantom(seed: int):
@@ -144,8 +146,8 @@ def run_demo(*, output: Path, device: str = "cpu", seed: int = 1, models_dir: Pa
     """Synthesize a phantom, segment it with the demo model, and score it against the truth.
 
     ``models_dir`` is the models folder holding the demo model (default: the one shipped in the
-    package; ``scripts/make_demo_model.py`` passes a freshly trained one to check it before
-    installing it).
+    package, through the built-in task; ``scripts/make_demo_model.py`` passes a freshly trained
+    one to check it before installing it).
 
     Writes into ``output``: ``phantom/demo_ct.nii.gz`` (the CT), ``phantom/demo_truth.nii.gz``
     (its true labels), ``segmentation/`` (the post-processed prediction with its sidecar,
@@ -171,10 +173,11 @@ def run_demo(*, output: Path, device: str = "cpu", seed: int = 1, models_dir: Pa
     truth_path = write_image(phantom.labels_for(task.labels), phantom_dir / "demo_truth.nii.gz")
     log.info("synthesized phantom (seed %d, %s voxels) in %s", seed, "×".join(map(str, phantom.ct.GetSize())),
              phantom_dir)
-    result = api.predict(task=DEMO_TASK, tasks_file=demo_tasks_file(),
-                         models_dir=models_dir or demo_models_dir(),
-                         input=ct_path, output=seg_dir, device=device, postprocess=True, statistics=True,
-                         preview=True)
+    # The built-in task finds the shipped model; another models folder needs the task file's
+    # task (an ordinary task, looked for in the models folder).
+    where: dict[str, Any] = {} if models_dir is None else {"tasks_file": demo_tasks_file(), "models_dir": models_dir}
+    result = api.predict(task=DEMO_TASK, **where, input=ct_path, output=seg_dir, device=device, postprocess=True,
+                         statistics=True, preview=True)
     if not result.ok:
         raise AutoOrganError(f"the demo prediction failed: {result.failed[0].error}")
     label_path = seg_dir / "demo_ct.nii.gz"

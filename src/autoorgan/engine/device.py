@@ -1,4 +1,4 @@
-"""The torch device a user's ``--device`` names."""
+"""The torch device a user's ``--device`` names, and the threads of torch's CPU work (``--threads``)."""
 
 from __future__ import annotations
 
@@ -6,7 +6,8 @@ from typing import Any
 
 
 def resolve_device(device: str = "auto") -> Any:
-    """A ``torch.device`` for ``auto|cpu|cuda|cuda:N|mps``; ``ValueError`` if unavailable."""
+    """A ``torch.device`` for ``auto|cpu|cuda|cuda:N|mps`` (``gpu``, ``gpu:N``: CUDA's);
+    ``ValueError`` if unavailable."""
     import torch
 
     name = device.strip().lower()
@@ -14,8 +15,8 @@ def resolve_device(device: str = "auto") -> Any:
         if torch.cuda.is_available():
             return torch.device("cuda")
         return torch.device("cpu")
-    if name == "gpu":
-        name = "cuda"
+    if name == "gpu" or name.startswith("gpu:"):  # the other tools' spelling of CUDA
+        name = "cuda" + name[3:]
     if name.startswith("cuda"):
         if not torch.cuda.is_available():
             raise ValueError(f"device '{device}' requested but CUDA is not available on this machine")
@@ -29,4 +30,14 @@ def resolve_device(device: str = "auto") -> Any:
         return torch.device("mps")
     if name == "cpu":
         return torch.device("cpu")
-    raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N or mps")
+    raise ValueError(f"unknown device '{device}'; use auto, cpu, cuda, cuda:N (or gpu, gpu:N) or mps")
+
+
+def set_cpu_threads(threads: int | None) -> None:
+    """Let torch's CPU work in this process use ``threads`` threads (``torch.set_num_threads``;
+    ``None`` leaves torch's own choice). A setting of the whole process, kept afterwards."""
+    if threads is None:
+        return
+    import torch
+
+    torch.set_num_threads(threads)

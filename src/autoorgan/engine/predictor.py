@@ -7,7 +7,7 @@ loaded, never at command-line start-up.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import torch
@@ -37,6 +37,35 @@ class BatchedTilePredictor(nnUNetPredictor):
     tile_batch: int = 1
     #: Tiles run by the last prediction, and tiles of the whole image.
     last_tiles: tuple[int, int] = (0, 0)
+    #: Called with (tiles done, tiles in all) after each network call of a prediction: every
+    #: tile counts once per set of model parameters (fold); ``None``: nobody listens.
+    progress: Callable[[int, int], None] | None = None
+    _tiles_done: int = 0
+    _tiles_total: int = 0
+
+    def start_progress(self, tiles: int) -> None:
+        """A prediction of ``tiles`` sliding-window tiles per set of parameters begins."""
+        self._tiles_done, self._tiles_total = 0, tiles * max(1, len(self.list_of_parameters))
+        if self.progress is not None:
+            self.progress(0, self._tiles_total)
+
+    def _end_progress(self) -> None:
+        self._tiles_done = self._tiles_total = 0
+
+    def predict_logits_from_preprocessed_data(self, data: Any) -> Any:
+        self._end_progress()  # the first pass of the sliding window starts the count
+        try:
+            return super().predict_logits_from_preprocessed_data(data)
+        finally:
+            self._end_progress()
+
+    def _internal_maybe_mirror_and_predict(self, x: Any) -> Any:
+        prediction = super()._internal_maybe_mirror_and_predict(x)
+        if self._tiles_total:
+            self._tiles_done = min(self._tiles_done + int(x.shape[0]), self._tiles_total)
+            if self.progress is not None:
+                self.progress(self._tiles_done, self._tiles_total)
+        return prediction
 
     def _accumulate(self, data: Any, slicers: Any, corner: Sequence[int], shape: Sequence[int],
                     device: Any, batch: int) -> tuple[Any, Any]:
@@ -65,9 +94,16 @@ class BatchedTilePredictor(nnUNetPredictor):
     def _internal_predict_sliding_window_return_logits(self, data: Any, slicers: Any,
                                                        do_on_device: bool = True) -> Any:
         self.last_tiles = (len(slicers), len(slicers))
+        if not self._tiles_total:  # the whole image (predict_logits_for_region has started its own count)
+            self.start_progress(len(slicers))
+        restart = self._tiles_done  # nnU-Net runs a pass again on the CPU when the GPU runs out of memory
         with network_settings(self.device):
             if self.tile_batch <= 1 or self.device.type != "cpu":
-                return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+                try:
+                    return super()._internal_predict_sliding_window_return_logits(data, slicers, do_on_device)
+                except RuntimeError:
+                    self._tiles_done = restart
+                    raise
             predicted, counts = self._accumulate(data, slicers, (0,) * (data.ndim - 1), data.shape[1:],
                                                  torch.device("cpu"), self.tile_batch)
         torch.div(predicted, counts, out=predicted)
@@ -99,6 +135,7 @@ class BatchedTilePredictor(nnUNetPredictor):
                           for sl in group)
                    for sl in group]
         self.last_tiles = (len(slicers), len(every))
+        self.start_progress(len(slicers))
         lows = [min(sl[1 + a].start for sl in slicers) for a in range(len(wanted))]
         highs = [max(sl[1 + a].stop for sl in slicers) for a in range(len(wanted))]
         # The union box's part inside the image (unpadded), relative to the union box.
@@ -134,6 +171,7 @@ class BatchedTilePredictor(nnUNetPredictor):
                 total /= len(self.list_of_parameters)
             return total, tuple(a - o for (a, _), o in zip(keep, offset, strict=True))
         finally:
+            self._end_progress()
             empty_cache(self.device)
             torch.set_num_threads(n_threads)
 

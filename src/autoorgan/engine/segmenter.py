@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +138,17 @@ class Segmenter:
         #: Sliding-window tiles the last :meth:`predict` ran, and how many cover the whole image.
         self.last_tiles: tuple[int, int] = (0, 0)
         log.debug("loaded %s fold %s on %s (export: %s)", self.model_folder, fold, device, self.export)
+
+    @property
+    def progress(self) -> Callable[[int, int], None] | None:
+        """Called with (tiles done, tiles in all) as :meth:`predict` runs the network: at 0 when
+        the sliding window starts, then after each network call (each group of
+        ``tile_batch`` tiles on the CPU, each tile on a GPU). ``None`` (default): not called."""
+        return self._predictor.progress
+
+    @progress.setter
+    def progress(self, callback: Callable[[int, int], None] | None) -> None:
+        self._predictor.progress = callback
 
     @property
     def trainer_name(self) -> str:

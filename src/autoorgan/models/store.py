@@ -5,8 +5,10 @@ The models folder has nnU-Net's results layout::
     MODELS/Dataset{ID:03d}_{Name}/{trainer}__{plans}__{configuration}/
         dataset.json  plans.json  fold_{F}/checkpoint_final.pth
 
-It is ``--models-dir`` if given, else ``$AUTOORGAN_MODELS``, else ``$nnUNet_results`` — read
-when needed, never at import.
+It is ``--models-dir`` if given, else ``$AUTOORGAN_MODELS``, else ``$nnUNet_results``, else the
+per-user folder (``platformdirs.user_data_dir("autoorgan")/models``, e.g.
+``~/.local/share/autoorgan/models`` on Linux; made when a model is installed) — read when needed,
+never at import. :func:`models_dir_source` says which one was chosen.
 """
 
 from __future__ import annotations
@@ -15,6 +17,7 @@ import contextlib
 import json
 import logging
 import os
+import shlex
 import shutil
 import stat
 import tempfile
@@ -34,15 +37,67 @@ MODELS_ENV = "AUTOORGAN_MODELS"
 NNUNET_RESULTS_ENV = "nnUNet_results"
 
 
-def resolve_models_dir(models_dir: Path | str | None = None) -> Path:
-    """The models folder: the argument, else ``$AUTOORGAN_MODELS``, else ``$nnUNet_results``."""
-    for candidate in (models_dir, os.environ.get(MODELS_ENV), os.environ.get(NNUNET_RESULTS_ENV)):
+#: Where the models folder came from, as :func:`models_dir_source` names it.
+FROM_ARGUMENT = "--models-dir"
+FROM_MODELS_ENV = f"${MODELS_ENV}"
+FROM_NNUNET_ENV = f"${NNUNET_RESULTS_ENV}"
+FROM_USER_FOLDER = "the per-user folder"
+
+
+def user_models_dir() -> Path:
+    """The per-user models folder: ``models`` in platformdirs' user data folder of autoorgan
+    (``$XDG_DATA_HOME/autoorgan/models``, by default ``~/.local/share/autoorgan/models``, on Linux;
+    ``~/Library/Application Support/autoorgan/models`` on macOS; ``%LOCALAPPDATA%\\autoorgan\\models``
+    on Windows). Not created here: installing a model makes it."""
+    import platformdirs
+
+    return Path(platformdirs.user_data_dir("autoorgan", appauthor=False)) / "models"
+
+
+def models_dir_source(models_dir: Path | str | None = None) -> tuple[str, Path]:
+    """The models folder and where it came from: the argument (``"--models-dir"``), else
+    ``$AUTOORGAN_MODELS``, else ``$nnUNet_results``, else the per-user folder
+    (:func:`user_models_dir`). An empty setting counts as not set."""
+    for source, candidate in ((FROM_ARGUMENT, models_dir), (FROM_MODELS_ENV, os.environ.get(MODELS_ENV)),
+                              (FROM_NNUNET_ENV, os.environ.get(NNUNET_RESULTS_ENV))):
         if candidate:
-            return Path(candidate).expanduser()
-    raise ModelNotFoundError(
-        f"no models folder: pass --models-dir, or set {MODELS_ENV} (or {NNUNET_RESULTS_ENV}) "
-        "to the folder that holds the Dataset*_ model folders"
-    )
+            return source, Path(candidate).expanduser()
+    return FROM_USER_FOLDER, user_models_dir()
+
+
+def resolve_models_dir(models_dir: Path | str | None = None) -> Path:
+    """The models folder (see :func:`models_dir_source`)."""
+    return models_dir_source(models_dir)[1]
+
+
+def _origin(models_dir: Path) -> str:
+    """Where ``models_dir`` came from: the source :func:`models_dir_source` names for it when it
+    is the folder the environment (or the per-user default) gives, else ``--models-dir``."""
+    source, default = models_dir_source(None)
+    return source if Path(models_dir).expanduser() == default else FROM_ARGUMENT
+
+
+def describe_models_dir(models_dir: Path) -> str:
+    """``models_dir`` for a message, with where it came from: "the models folder X (from
+    $AUTOORGAN_MODELS)", or "the per-user models folder X"."""
+    source = _origin(models_dir)
+    if source == FROM_USER_FOLDER:
+        return f"the per-user models folder {models_dir}"
+    return f"the models folder {models_dir} (from {source})"
+
+
+def install_hint(models_dir: Path, what: str = "it") -> str:
+    """The end of a missing-model message: the command that installs into ``models_dir``, and
+    how to use another folder."""
+    source = _origin(models_dir)
+    command = "autoorgan install-weights MODEL.zip"
+    if source == FROM_ARGUMENT:
+        shown = str(models_dir)
+        command += f" --models-dir {shown if shlex.quote(shown) == shown else json.dumps(shown)}"
+    hint = f"install {what} with '{command}'"
+    if source == FROM_USER_FOLDER:
+        return f"{hint}, or pass --models-dir (or set {MODELS_ENV}) to use another folder"
+    return f"{hint}, or point --models-dir at the folder that holds {what}"
 
 
 def dataset_folders(models_dir: Path, dataset_id: int) -> list[Path]:
@@ -65,7 +120,10 @@ class ModelLocation:
 
 
 def find_model(task: Task, models_dir: Path) -> ModelLocation | None:
-    """The installed model of ``task`` in ``models_dir``, or ``None``."""
+    """The installed model of ``task`` in ``models_dir``, or ``None``. A task whose model ships in
+    the package (:attr:`~autoorgan.registry.tasks.Task.models_dir`, the demo) is looked for there,
+    whatever ``models_dir`` is."""
+    models_dir = task.models_dir or models_dir
     for dataset in dataset_folders(models_dir, task.dataset_id):
         folder = dataset / task.model_subfolder
         checkpoint = folder / task.fold_folder / CHECKPOINT_NAME
@@ -79,11 +137,14 @@ def require_model(task: Task, models_dir: Path) -> ModelLocation:
     found = find_model(task, models_dir)
     if found is not None:
         return found
+    if task.models_dir is not None:
+        raise ModelNotFoundError(f"the model of task '{task.name}' that ships with autoorgan is missing from "
+                                 f"{task.models_dir}; reinstall autoorgan")
     expected = (f"{models_dir}/Dataset{task.dataset_id:03d}_*/{task.model_subfolder}/"
                 f"{task.fold_folder}/{CHECKPOINT_NAME}")
     raise ModelNotFoundError(
-        f"no model for task '{task.name}' (dataset {task.dataset_id}): looked for {expected}; "
-        f"install one with 'autoorgan install-weights MODEL.zip' or point --models-dir at it"
+        f"no model for task '{task.name}' (dataset {task.dataset_id}) in {describe_models_dir(models_dir)}: "
+        f"looked for {expected}; {install_hint(models_dir)}"
     )
 
 
@@ -358,7 +419,9 @@ def _plan_one(folder: Path, unpacked: Path, models_dir: Path, registry: TaskRegi
         raise InstallError(f"{source}: {rel}/dataset.json is not a valid nnU-Net dataset.json ({exc})") from None
     if not trust_checkpoint:
         _check_code(folder, rel, checkpoints, source)
-    serves = [t for t in registry.values() if t.dataset_id == dataset_id and t.model_subfolder == rel.parts[1]]
+    # A task whose model ships inside the package (the demo) never uses an installed one.
+    serves = [t for t in registry.values() if t.dataset_id == dataset_id and t.model_subfolder == rel.parts[1]
+              and t.models_dir is None]
     notes = {t.name: label_mismatch(t, model_labels) for t in serves}
     return _Planned(folder, InstalledModel(folder=target, dataset_id=dataset_id, folds=folds,
                                            tasks=tuple(t.name for t in serves), label_notes=notes))

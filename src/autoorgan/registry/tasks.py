@@ -1,6 +1,9 @@
 """The task registry: which models exist, where nnU-Net keeps them, and what their labels mean.
 
 The seven AutoOrgan tasks live as data in ``configs/tasks.json`` (shipped inside the package).
+The registry also holds the demo task (``demo/tasks.json``): a tiny model trained on synthetic
+phantoms and shipped inside the package, so it is found in the package's ``demo/models`` folder
+whatever the models folder is (:attr:`Task.models_dir`); it is no part of the whole-body table.
 A user task file (TOML or JSON, same shape) can add custom models or change a built-in one, and
 single fields can be overridden for one run. This module is torch-free and cheap to import, so
 the CLI builds its choices and help from it without loading nnU-Net.
@@ -27,7 +30,7 @@ import re
 import stat
 import sys
 from collections.abc import Iterator, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import lru_cache
 from importlib import resources
 from pathlib import Path
@@ -43,6 +46,9 @@ from autoorgan.errors import TaskError
 from autoorgan.io.safe_paths import portable_name_problem, shown
 
 #: Fields that a task inherits from the table's defaults and that can be overridden per run.
+#: Said wherever the demo model appears (console, sidecar, demo summary).
+DEMO_NOTE = ("autoorgan DEMO MODEL: a tiny network trained on synthetic phantoms only; "
+             "it shows the pipeline and is not for real CT")
 MODEL_FIELDS = ("trainer", "fold", "configuration", "plans", "orientation")
 _TASK_FIELDS = {"dataset_id", "description", "labels", "subdivisions", *MODEL_FIELDS}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
@@ -90,6 +96,12 @@ class Task:
         and the result is brought back to the input grid. ``None`` feeds arrays as stored.
     subdivisions:
         For a coarse model, which finer task subdivides each of its labels.
+    models_dir:
+        The models folder that holds this task's model whatever the run's models folder is (the
+        demo model shipped in the package); ``None``: the run's models folder. Set by the built-in
+        registry only; a task file that defines or changes the task makes it an ordinary task.
+    demo:
+        The demo model (trained on synthetic phantoms, not for real CT): its outputs say so.
     """
 
     name: str
@@ -102,6 +114,8 @@ class Task:
     fold: int | str = 0
     orientation: str | None = "RAS"
     subdivisions: Mapping[int, str] = field(default_factory=dict)
+    models_dir: Path | None = None
+    demo: bool = False
 
     @property
     def model_subfolder(self) -> str:
@@ -131,7 +145,8 @@ class Task:
         if unknown:
             raise TaskError(f"cannot override {', '.join(sorted(unknown))} of a task")
         merged = {**_task_fields(self), **given}
-        return _build_task(self.name, merged, source="command-line options")
+        return replace(_build_task(self.name, merged, source="command-line options"),
+                       models_dir=self.models_dir, demo=self.demo)
 
 
 def _task_fields(task: Task) -> dict[str, Any]:
@@ -362,9 +377,30 @@ def _builtin_table() -> dict[str, Any]:
     return json.loads(ref.read_text(encoding="utf-8"))
 
 
+@lru_cache(maxsize=1)
+def _demo_table() -> dict[str, Any]:
+    ref = resources.files("autoorgan") / "demo" / "tasks.json"
+    return json.loads(ref.read_text(encoding="utf-8"))
+
+
+def demo_models_dir() -> Path:
+    """The models folder (nnU-Net results layout) shipped in the package with the demo model."""
+    return Path(str(resources.files("autoorgan") / "demo" / "models"))
+
+
+def _demo_tasks() -> dict[str, Task]:
+    """The demo task(s) of ``demo/tasks.json``, found in :func:`demo_models_dir`."""
+    tasks = _merge_tables({}, _demo_table(), "built-in demo task table")
+    return {name: replace(task, models_dir=demo_models_dir(), demo=True) for name, task in tasks.items()}
+
+
 def load_registry(tasks_file: Path | str | None = None) -> TaskRegistry:
-    """The built-in tasks, extended or changed by ``tasks_file`` (TOML or JSON) if given."""
+    """The built-in tasks (the seven AutoOrgan tasks, then the demo task), extended or changed by
+    ``tasks_file`` (TOML or JSON) if given. A task that ``tasks_file`` defines or changes is an
+    ordinary task: its model is looked for in the models folder, the demo's too."""
     tasks = _merge_tables({}, _builtin_table(), "built-in task table")
+    for name, task in _demo_tasks().items():
+        tasks.setdefault(name, task)
     if tasks_file is not None:
         path = Path(tasks_file)
         tasks = _merge_tables(tasks, _read_table_file(path), str(path))

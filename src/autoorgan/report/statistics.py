@@ -17,12 +17,18 @@ Conventions (see docs/outputs.md):
   bounding box are ``None`` (a position of 0 would be a real place in the patient);
 * ``touches_border`` flags structures that reach the edge of the image, whose volume is
   therefore probably cut off by the field of view.
+
+:func:`structure_statistics` computes in full precision; what is written (``to_json``, the
+statistics files, and ``to_row``, the CSV) is rounded to what the measurement holds:
+:data:`VOLUME_DECIMALS` for ml (0.001 ml = 1 mm³), :data:`INTENSITY_DECIMALS` for CT values
+(0.01 HU; CT is stored in whole HU) and :data:`POSITION_DECIMALS` for mm (1 µm), so a file says
+``509.571``, never ``509.57099999999997``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from itertools import product
 from typing import Any
 
@@ -39,6 +45,24 @@ FIELDS = (
     "bbox_x_min_mm", "bbox_y_min_mm", "bbox_z_min_mm", "bbox_x_max_mm", "bbox_y_max_mm", "bbox_z_max_mm",
     "touches_border",
 )
+
+#: Decimals of the written statistics (see the module's docstring): volumes (ml), CT values
+#: (mean, std, median, min, max) and positions (centroid and bounding box, mm).
+VOLUME_DECIMALS = 3
+INTENSITY_DECIMALS = 2
+POSITION_DECIMALS = 3
+
+
+def _round(value: float, decimals: int) -> float:
+    return round(float(value), decimals) + 0.0  # + 0.0: no "-0.0"
+
+
+def _round_all(values: Any, decimals: int) -> Any:
+    if values is None:
+        return None
+    if isinstance(values, (tuple, list)):
+        return tuple(_round_all(v, decimals) for v in values)
+    return _round(values, decimals)
 
 
 @dataclass(frozen=True)
@@ -66,29 +90,46 @@ class StructureStats:
     def present(self) -> bool:
         return self.voxels > 0
 
+    def rounded(self) -> StructureStats:
+        """These statistics to the written decimals (:data:`VOLUME_DECIMALS`,
+        :data:`INTENSITY_DECIMALS`, :data:`POSITION_DECIMALS`)."""
+        return replace(
+            self,
+            volume_ml=_round(self.volume_ml, VOLUME_DECIMALS),
+            intensity_mean=_round(self.intensity_mean, INTENSITY_DECIMALS),
+            intensity_std=_round(self.intensity_std, INTENSITY_DECIMALS),
+            intensity_median=_round(self.intensity_median, INTENSITY_DECIMALS),
+            intensity_min=_round(self.intensity_min, INTENSITY_DECIMALS),
+            intensity_max=_round(self.intensity_max, INTENSITY_DECIMALS),
+            centroid_mm=_round_all(self.centroid_mm, POSITION_DECIMALS),
+            bbox_mm=_round_all(self.bbox_mm, POSITION_DECIMALS),
+        )
+
     def to_json(self) -> dict[str, Any]:
-        """A JSON-ready dict (tuples become lists)."""
-        data = asdict(self)
+        """A JSON-ready dict (tuples become lists), rounded (:meth:`rounded`)."""
+        data = asdict(self.rounded())
         for key in ("centroid_mm", "bbox_index", "bbox_mm"):
             value = data[key]
             data[key] = None if value is None else _listify(value)
         return data
 
     def to_row(self) -> dict[str, Any]:
-        """A flat row for the statistics table: keys of :data:`FIELDS`, ``""`` where undefined."""
+        """A flat row for the statistics table: keys of :data:`FIELDS`, ``""`` where undefined;
+        rounded (:meth:`rounded`)."""
+        r = self.rounded()
         row: dict[str, Any] = {
-            "label": self.label, "structure": self.structure, "voxels": self.voxels,
-            "volume_ml": self.volume_ml, "intensity_mean": self.intensity_mean,
-            "intensity_std": self.intensity_std, "intensity_median": self.intensity_median,
-            "intensity_min": self.intensity_min, "intensity_max": self.intensity_max,
-            "touches_border": int(self.touches_border),
+            "label": r.label, "structure": r.structure, "voxels": r.voxels,
+            "volume_ml": r.volume_ml, "intensity_mean": r.intensity_mean,
+            "intensity_std": r.intensity_std, "intensity_median": r.intensity_median,
+            "intensity_min": r.intensity_min, "intensity_max": r.intensity_max,
+            "touches_border": int(r.touches_border),
         }
         for i, axis in enumerate("xyz"):
-            row[f"centroid_{axis}_mm"] = "" if self.centroid_mm is None else self.centroid_mm[i]
-            row[f"bbox_{axis}_min"] = "" if self.bbox_index is None else self.bbox_index[0][i]
-            row[f"bbox_{axis}_max"] = "" if self.bbox_index is None else self.bbox_index[1][i]
-            row[f"bbox_{axis}_min_mm"] = "" if self.bbox_mm is None else self.bbox_mm[0][i]
-            row[f"bbox_{axis}_max_mm"] = "" if self.bbox_mm is None else self.bbox_mm[1][i]
+            row[f"centroid_{axis}_mm"] = "" if r.centroid_mm is None else r.centroid_mm[i]
+            row[f"bbox_{axis}_min"] = "" if r.bbox_index is None else r.bbox_index[0][i]
+            row[f"bbox_{axis}_max"] = "" if r.bbox_index is None else r.bbox_index[1][i]
+            row[f"bbox_{axis}_min_mm"] = "" if r.bbox_mm is None else r.bbox_mm[0][i]
+            row[f"bbox_{axis}_max_mm"] = "" if r.bbox_mm is None else r.bbox_mm[1][i]
         return row
 
     @classmethod

@@ -10,6 +10,7 @@ affecting outputs or labels (:class:`autoorgan.options.Affects`).
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -19,10 +20,12 @@ from typing import Any
 from autoorgan.batch.job import BatchJob, BatchResult, BatchStep, CaseSegmenter, CaseStep, ProgressListener
 from autoorgan.batch.sharding import check_shard, select_shard
 from autoorgan.errors import InputError, ModelLoadError, ModelNotFoundError
-from autoorgan.io.cases import Case, find_cases
+from autoorgan.io.cases import Case, case_id_of, find_cases, image_suffix
 from autoorgan.models.store import (
     ModelLocation,
+    describe_models_dir,
     find_model,
+    install_hint,
     label_mismatch,
     read_model_labels,
     require_model,
@@ -31,7 +34,7 @@ from autoorgan.models.store import (
 from autoorgan.options import Affects, OutputType, PredictOptions, SpeedOptions, option_fields
 from autoorgan.postprocess import BONE_TASKS
 from autoorgan.registry.selection import is_multi_task, resolve_task_selection, split_task_selection, whole_body_task
-from autoorgan.registry.tasks import Task, TaskRegistry, load_registry, resolve_task
+from autoorgan.registry.tasks import DEMO_NOTE, Task, TaskRegistry, load_registry, resolve_task
 from autoorgan.steps.segment import IntensityCheck, ModelPool, TaskModel, TaskSegmenter
 
 log = logging.getLogger(__name__)
@@ -73,19 +76,35 @@ def predict_batch(task: str | Sequence[str], input_path: Path, output_dir: Path,
     from autoorgan.io.dicom import set_max_archive_size
 
     set_max_archive_size(options.max_archive_size)
+    from autoorgan.engine.device import set_cpu_threads
+
+    set_cpu_threads(options.threads)  # before any model loads
     job = plan_batch(task, input_path, output_dir, options, listener or ProgressListener())
     return job.run()
 
 
 def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, options: PredictOptions,
                listener: ProgressListener) -> BatchJob:
-    """The batch job of a predict run: its cases, its segmenter and its steps."""
+    """The batch job of a predict run: its cases, its segmenter and its steps.
+
+    ``output_dir`` may name a label map file for one input file (``-o seg.nii.gz``): the job then
+    writes into the file's folder, the case named by the file (its sidecar ``seg.json``); the run
+    record and ``index.html`` go into that folder too.
+    """
+    output_file = output_file_of(input_path, output_dir)
+    if output_file is not None:
+        output_dir = output_file.parent
     if options.keep_task_maps and (options.split or options.split_only):
         raise InputError("--keep-task-maps and --split both write into OUT/<case>/; choose one")
     selection = select_tasks(task, options)
+    if any(t.demo for t in selection.tasks):
+        log.warning("%s", DEMO_NOTE)
     output_task = selection.output_task
     outputs = OutputPlan.of(output_task, options)
+    label_suffix = outputs.label_suffix if output_file is None else file_label_suffix(output_file, options)
     all_cases = find_cases(input_path, exclude=output_dir)
+    if output_file is not None:
+        all_cases = named_by_output_file(all_cases, input_path, output_file)
     cases = select_shard(all_cases, [c.case_id for c in all_cases], options.part_id, options.num_parts)
     log.info("%d case(s) in %s; %d in part %d of %d", len(all_cases), input_path, len(cases), options.part_id,
              options.num_parts)
@@ -119,13 +138,49 @@ def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, op
     reports = report_steps(output_task, cases, [locations[t.name].checkpoint for t in selection.tasks], torch_device,
                            options=options, record={"task": output_task.name,
                                                     "tasks": [t.name for t in selection.tasks],
-                                                    "input": str(input_path), "output": str(output_dir)})
+                                                    "input": str(input_path),
+                                                    "output": str(output_file or output_dir)})
     return BatchJob(
         task=output_task, cases=cases, output_dir=output_dir, segmenter=segmenter, resume=options.resume,
         listener=listener, skip_failed=options.skip_failed, postprocess=[IntensityCheck(), *outputs.postprocess],
         extra_outputs=[*extra, *reports.case_steps, *outputs.extra_outputs], finalizers=reports.finalizers,
-        abort_steps=reports.abort_steps, label_suffix=outputs.label_suffix,
+        abort_steps=reports.abort_steps, label_suffix=label_suffix,
         write_label_map=not options.split_only, output_options=output_options, made_with=made_with)
+
+
+#: The endings of a label map file that ``-o`` may name (each one file: no detached header or data).
+LABEL_FILE_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".mha")
+
+
+def output_file_of(input_path: Path, output: Path) -> Path | None:
+    """The label map file ``output`` names (an image file ending, not an existing folder), or
+    ``None`` for an output folder; :class:`InputError` for a folder input or another ending."""
+    suffix = image_suffix(output)
+    if suffix is None or output.is_dir():
+        return None
+    if input_path.is_dir():
+        raise InputError(f"the input is a folder, so the output must be a folder, not {output.name}")
+    if suffix not in LABEL_FILE_SUFFIXES:
+        raise InputError(f"an output file must end in {', '.join(LABEL_FILE_SUFFIXES)}, not {output.name}")
+    return output
+
+
+def named_by_output_file(cases: Sequence[Case], input_path: Path, output_file: Path) -> list[Case]:
+    """The one case of an input file, named by the output file (``seg.nii.gz`` → ``seg``);
+    :class:`InputError` for an input of several cases (a zip of several DICOM series)."""
+    if len(cases) != 1:
+        raise InputError(f"{input_path.name} holds {len(cases)} cases, so the output must be a folder, "
+                         f"not {output_file.name}")
+    return [dataclasses.replace(cases[0], case_id=case_id_of(output_file))]
+
+
+def file_label_suffix(output_file: Path, options: PredictOptions) -> str:
+    """The label map ending of an output file, as the user wrote it (the file's ending decides the
+    format; ``--output-type nrrd`` needs a ``.nrrd`` file)."""
+    suffix = image_suffix(output_file) or ""
+    if options.output_type is OutputType.NRRD and suffix != ".nrrd":
+        raise InputError(f"--output-type nrrd writes a .nrrd file, not {output_file.name}")
+    return output_file.name[len(output_file.name) - len(suffix):]
 
 
 def repairs(task: Task, options: PredictOptions) -> bool:
@@ -168,8 +223,8 @@ def locate_models(selection: TaskSelection, models_dir: Path | None) -> dict[str
     missing = [t for t in selection.tasks if found[t.name] is None]
     if missing:
         raise ModelNotFoundError(
-            f"no model for task(s) {', '.join(f'{t.name} (dataset {t.dataset_id})' for t in missing)} in {folder}; "
-            "install them with 'autoorgan install-weights MODEL.zip' or point --models-dir at them")
+            f"no model for task(s) {', '.join(f'{t.name} (dataset {t.dataset_id})' for t in missing)} in "
+            f"{describe_models_dir(folder)}; {install_hint(folder, 'them')}")
     return {name: location for name, location in found.items() if location is not None}
 
 
@@ -272,7 +327,7 @@ def load_segmenter(location: ModelLocation, task: Task, torch_device: object, sp
     except engine.UnsafeCheckpoint as exc:
         raise ModelLoadError(f"refusing to load {location.checkpoint}: {exc}; pass --trust-checkpoint only "
                              "if you trust where this model comes from") from None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - any failure inside nnU-Net's loader
         raise ModelLoadError(f"cannot load the model of task '{task.name}' in {location.folder}: "
                              f"{type(exc).__name__}: {exc}".splitlines()[0]) from None
 

@@ -42,7 +42,7 @@ from autoorgan.io.reading import source_sidecar
 from autoorgan.registry.tasks import Task
 from autoorgan.registry.whole_body import SKELETON, WholeBodyTable, merge_task_maps, to_whole_body
 from autoorgan.steps.repair import repair_task_map
-from autoorgan.steps.segment import ModelPool, TaskModel, label_dtype, segment_volume
+from autoorgan.steps.segment import ModelPool, TaskModel, case_progress, label_dtype, segment_volume
 
 log = logging.getLogger(__name__)
 
@@ -197,7 +197,7 @@ class MultiTaskSegmenter:
                     continue
             predictor = self.pool.get(model, case_id, listener, f"loading model {name}")
             listener.case_stage(case_id, f"predicting {name}")
-            labels = segment_volume(volume, task, predictor, roi=box)
+            labels = segment_volume(volume, task, predictor, roi=box, progress=case_progress(listener, case_id))
             if name in self.options.repair:
                 listener.case_stage(case_id, f"repairing {name}")
                 vertebrae = self._by_name.get("vertebrae")

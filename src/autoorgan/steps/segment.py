@@ -25,7 +25,7 @@ from autoorgan.io.image import Volume
 from autoorgan.io.orientation import plan_reorientation
 from autoorgan.io.reading import source_sidecar
 from autoorgan.models.store import ModelLocation
-from autoorgan.registry.tasks import Task
+from autoorgan.registry.tasks import DEMO_NOTE, Task
 from autoorgan.steps.repair import repair_task_map
 
 log = logging.getLogger(__name__)
@@ -40,6 +40,8 @@ class Predictor(Protocol):
     last_timing: Mapping[str, float]
     #: Tiles of the last prediction: (run, of the whole image's).
     last_tiles: tuple[int, int]
+    #: Called with (tiles done, tiles in all) while a prediction runs the network, or ``None``.
+    progress: Callable[[int, int], None] | None
 
     def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
                 roi: tuple[slice, slice, slice] | None = None) -> np.ndarray: ...
@@ -81,25 +83,39 @@ def intensity_warnings(array: np.ndarray) -> list[str]:
 
 
 def segment_volume(volume: Volume, task: Task, predictor: Predictor,
-                   roi: tuple[slice, slice, slice] | None = None) -> np.ndarray:
+                   roi: tuple[slice, slice, slice] | None = None,
+                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
     """Label map of ``volume`` on its own grid (``[x, y, z]``, the volume's shape).
 
     The CT is permuted/flipped into the orientation the task's model was trained in, predicted,
     and the prediction is brought back with the exact inverse permutation — no resampling of
     the CT or of the labels by autoorgan. ``roi`` (a box of the volume's array) limits the
     prediction to that region, exactly as the whole image's prediction there (see
-    :meth:`autoorgan.engine.Segmenter.predict`); the rest is background.
+    :meth:`autoorgan.engine.Segmenter.predict`); the rest is background. ``progress`` is given
+    (tiles done, tiles in all) while the network runs (see :func:`case_progress`).
     """
     reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
     oriented = reorientation.to_target(prepare_intensities(volume.array))
     spacing = reorientation.spacing(volume.geometry.spacing)
     box = None if roi is None else reorientation.box_to_target(roi, volume.array.shape)
-    prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]),
-                                       roi=None if box is None else (box[2], box[1], box[0]))
+    before = predictor.progress
+    predictor.progress = progress
+    try:
+        prediction_zyx = predictor.predict(oriented.transpose(2, 1, 0), (spacing[2], spacing[1], spacing[0]),
+                                           roi=None if box is None else (box[2], box[1], box[0]))
+    finally:
+        predictor.progress = before
     labels = reorientation.to_source(np.asarray(prediction_zyx).transpose(2, 1, 0))
     if labels.shape != volume.array.shape:
         raise CaseError(f"prediction shape {labels.shape} differs from the image {volume.array.shape}")
     return np.ascontiguousarray(labels.astype(label_dtype(task.max_label), copy=False))
+
+
+def case_progress(listener: ProgressListener, case_id: str) -> Callable[[int, int], None]:
+    """The tile progress of a prediction, sent to ``listener`` as :meth:`ProgressListener.case_progress`."""
+    def report(done: int, total: int) -> None:
+        listener.case_progress(case_id, done, total)
+    return report
 
 
 def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
@@ -107,10 +123,15 @@ def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
     """The sidecar written next to a label map: what made it and what its values mean.
 
     It deliberately holds no image metadata beyond the input file's name and, for DICOM, the
-    series' UID, number, description and modality (no patient data).
+    series' UID, number, description and modality (no patient data). The demo model's sidecar
+    says so (``"demo": true`` and a ``"note"``).
     """
+    demo: dict[str, Any] = {}
+    if task.demo:
+        demo = {"demo": True, "note": DEMO_NOTE}
     return {
         "task": task.name,
+        **demo,
         "dataset_id": task.dataset_id,
         "trainer": trainer,
         "plans": task.plans,
@@ -176,7 +197,7 @@ class TaskSegmenter:
         task = self.model.task
         predictor = self.pool.get(self.model, case.case_id, listener, "loading model")
         listener.case_stage(case.case_id, "predicting")
-        labels = segment_volume(volume, task, predictor)
+        labels = segment_volume(volume, task, predictor, progress=case_progress(listener, case.case_id))
         orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
         sidecar = build_sidecar(task, case, trainer=predictor.trainer_name, nnunet=self.nnunet_version,
                                 label_file=out.label_map.name, orientation=orientation)
