@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoorgan.batch.job import BatchResult, ProgressListener
-from autoorgan.errors import AutoOrganError, InputError, ModelLoadError
+from autoorgan.errors import InputError, ModelLoadError
 from autoorgan.models.store import (
     InstalledModel,
     find_model,
@@ -122,13 +122,10 @@ class TaskStatus:
 def list_tasks(*, tasks_file: PathLike | None = None, models_dir: PathLike | None = None) -> list[TaskStatus]:
     """Every known task with the folder of its installed model (``None`` if not installed)."""
     registry = load_registry(tasks_file)
-    try:
-        folder: Path | None = resolve_models_dir(models_dir)
-    except (AutoOrganError, OSError, RuntimeError):  # no models folder: every task shows as not installed
-        folder = None
+    folder = resolve_models_dir(models_dir)  # always a folder: at the least the per-user one
     statuses = []
     for task in registry.values():
-        location = find_model(task, folder) if folder is not None else None
+        location = find_model(task, folder)
         statuses.append(TaskStatus(task=task, model_folder=location.folder if location else None))
     return statuses
 

@@ -86,7 +86,7 @@ def checkpoint_summary(path: Path) -> tuple[str, str]:
         checkpoint = _load_without_code(path, mmap=zipfile.is_zipfile(path))
     except UnsafeCheckpoint:
         raise
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - torch raises many kinds for a damaged file
         raise ValueError(f"{path.name} is not a readable checkpoint ({type(exc).__name__})") from None
     try:
         return str(checkpoint["trainer_name"]), str(checkpoint["init_args"]["configuration"])
@@ -215,7 +215,7 @@ def check_model_code(plans: Mapping[str, Any], configuration: str, *, source: st
 
     try:
         resolved = PlansManager(dict(plans)).get_configuration(configuration).configuration
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - nnU-Net raises several kinds for a malformed plans file
         raise ValueError(f"{source} has no usable configuration '{configuration}' ({type(exc).__name__}: "
                          f"{exc})".splitlines()[0]) from None
     problem = _configuration_problem(resolved)

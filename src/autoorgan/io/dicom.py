@@ -44,6 +44,7 @@ from typing import Any
 import numpy as np
 
 from autoorgan.errors import CaseError, InputError
+from autoorgan.io.archives import MemberOverflow, stream_member
 from autoorgan.io.safe_paths import printable
 
 log = logging.getLogger(__name__)
@@ -73,7 +74,6 @@ MAX_COMPRESSION_RATIO = 100
 _RATIO_FLOOR_BYTES = 16 * 2**20
 #: Bytes of one zip member that header scanning may inflate (a header ends before the pixel data).
 _HEADER_READ_CAP = 64 * 2**20
-_COPY_CHUNK = 2**20
 _max_archive_gb: ContextVar[float | None] = ContextVar("autoorgan_max_archive_gb", default=None)
 
 
@@ -130,7 +130,7 @@ def _read_header(source: Path | Any) -> dict[str, Any] | None:
         raise
     except (InvalidDicomError, OSError, ValueError, EOFError):
         return None
-    except Exception as exc:
+    except Exception as exc:  # noqa: BLE001 - a corrupt header must not stop the search for series
         log.debug("skipping an unreadable DICOM header: %s", type(exc).__name__)
         return None
     if sop_class in _NOT_IMAGES or "Rows" not in header:
@@ -475,25 +475,6 @@ def _check_ratio(what: str, size: int, compressed: int) -> None:
                         "genuine, unzip it and give the folder")
 
 
-def _extract_member(zf: zipfile.ZipFile, info: zipfile.ZipInfo, target: Path, budget: int, archive: Path,
-                    limit: int) -> int:
-    """Stream one member to ``target``, counting what it really inflates to: past its declared
-    size or past the ``budget`` left of the series' cap is a :class:`CaseError` (a header that
-    lies gets no further than one that tells the truth). Returns the bytes written."""
-    written = 0
-    with zf.open(info) as src, open(target, "wb") as dst:
-        while chunk := src.read(_COPY_CHUNK):
-            written += len(chunk)
-            if written > info.file_size:
-                raise CaseError(f"member '{info.filename}' of {archive.name} inflates past its declared "
-                                f"{_gb(info.file_size)} (a corrupt or crafted archive)")
-            if written > budget:
-                raise CaseError(f"the series in {archive.name} inflates past the {_gb(limit)} limit for a DICOM "
-                                "archive; raise the limit with --max-archive-size (GB) if the archive is genuine")
-            dst.write(chunk)
-    return written
-
-
 def _utf8(text: str) -> bool:
     try:
         text.encode("utf-8")
@@ -532,8 +513,14 @@ def local_files(series: DicomSeries) -> Iterator[list[Path]]:
                 used = 0
                 for i, info in enumerate(infos):
                     target = Path(tmp) / f"{i:06d}.dcm"
-                    used += _extract_member(zf, info, target, limit - used, archive, limit)
+                    used += stream_member(zf, info, target, limit - used)
                     paths.append(target)
+        except MemberOverflow as exc:
+            if exc.past_declared:
+                raise CaseError(f"member '{exc.member}' of {archive.name} inflates past its declared "
+                                f"{_gb(exc.declared)} (a corrupt or crafted archive)") from None
+            raise CaseError(f"the series in {archive.name} inflates past the {_gb(limit)} limit for a DICOM "
+                            "archive; raise the limit with --max-archive-size (GB) if the archive is genuine") from None
         except (zipfile.BadZipFile, OSError, KeyError, EOFError, zlib.error, RuntimeError,
                 NotImplementedError) as exc:
             raise CaseError(f"cannot extract the series from {archive.name} ({exc})") from None

@@ -193,7 +193,7 @@ def check_nifti(path: Path) -> NiftiLayout:
         try:
             dtype = header.get_data_dtype()
             shape = tuple(int(n) for n in header.get_data_shape())
-        except Exception:
+        except Exception:  # noqa: BLE001 - nibabel raises several kinds for a bad datatype or dim
             raise CaseError(f"{name}: NIfTI header has an unknown data type or invalid dimensions") from None
         _check_nifti_geometry(header, name, len(shape))
         check_voxel_count(name, shape or (0,))

@@ -120,7 +120,7 @@ def _process_gone(pid: int, file_mtime: float) -> bool:
         return process.create_time() > file_mtime + _START_SLACK_SECONDS
     except ImportError:
         return False
-    except Exception:
+    except Exception:  # noqa: BLE001 - psutil.NoSuchProcess and friends: it just ended
         return not _alive(pid)
 
 

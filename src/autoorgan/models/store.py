@@ -27,6 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path, PurePosixPath, PureWindowsPath
 
 from autoorgan.errors import InstallError, ModelNotFoundError
+from autoorgan.io.archives import MemberOverflow, stream_member
 from autoorgan.io.writing import file_digest
 from autoorgan.registry.tasks import Task, TaskRegistry
 
@@ -287,25 +288,21 @@ def _extract(archive: zipfile.ZipFile, members: list[_Member], target: Path, sou
             path.mkdir(parents=True, exist_ok=True)
             continue
         path.parent.mkdir(parents=True, exist_ok=True)
-        written = 0
         try:
-            with archive.open(member.info) as stream, open(path, "xb") as out:
-                for chunk in iter(lambda: stream.read(1 << 20), b""):
-                    written += len(chunk)
-                    total += len(chunk)
-                    if written > member.info.file_size:
-                        raise InstallError(f"{source}: {member.info.filename!r} unpacks to more than the "
-                                           f"{member.info.file_size} bytes its header declares")
-                    if total > max_bytes:
-                        raise InstallError(f"{source} unpacks to more than the {max_bytes / _GB:g} GB allowed; "
-                                           "pass --max-size GB to raise the cap")
-                    out.write(chunk)
+            written = stream_member(archive, member.info, path, max_bytes - total, exclusive=True)
+        except MemberOverflow as exc:
+            if exc.past_declared:
+                raise InstallError(f"{source}: {member.info.filename!r} unpacks to more than the "
+                                   f"{member.info.file_size} bytes its header declares") from None
+            raise InstallError(f"{source} unpacks to more than the {max_bytes / _GB:g} GB allowed; "
+                               "pass --max-size GB to raise the cap") from None
         except (zipfile.BadZipFile, EOFError, NotImplementedError, RuntimeError, zlib.error) as exc:
             raise InstallError(f"{source}: cannot unpack {member.info.filename!r}: the archive is damaged or its "
                                f"headers lie ({exc})") from None
         except OSError as exc:
             raise InstallError(f"{source}: cannot unpack {member.info.filename!r} into {target.parent}: "
                                f"{exc.strerror or exc}") from None
+        total += written
         if written != member.info.file_size:
             raise InstallError(f"{source}: {member.info.filename!r} unpacks to {written} bytes, not the "
                                f"{member.info.file_size} its header declares")

@@ -81,7 +81,7 @@ def describe_device(device: object) -> dict[str, str]:
             import torch
 
             info["gpu"] = torch.cuda.get_device_name(device)  # type: ignore[arg-type]
-        except Exception as exc:
+        except Exception as exc:  # noqa: BLE001 - a description must never fail the run
             info["gpu"] = f"unknown ({type(exc).__name__})"
     return info
 

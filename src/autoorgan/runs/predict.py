@@ -46,6 +46,8 @@ class TaskSelection:
 
     tasks: list[Task]
     several: bool
+    #: The task table the tasks came from (several tasks: the skeleton's subdivisions are read there).
+    registry: TaskRegistry | None = None
 
     @property
     def output_task(self) -> Task:
@@ -62,7 +64,8 @@ def select_tasks(task: str | Sequence[str], options: PredictOptions,
         if given:
             raise InputError(f"{', '.join(given)} change one model and cannot apply to several tasks; change the "
                              "models of a multi-task run in a --tasks-file")
-        return TaskSelection(resolve_task_selection(task, registry or load_registry(options.tasks_file)), True)
+        registry = registry or load_registry(options.tasks_file)
+        return TaskSelection(resolve_task_selection(task, registry), True, registry)
     if options.keep_task_maps or options.cascade_margin is not None or not options.cascade:
         raise InputError("--keep-task-maps, --cascade-margin and --no-cascade apply only to runs with several tasks")
     name = task if isinstance(task, str) else split_task_selection(task)[0]
@@ -123,8 +126,8 @@ def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, op
     # --continue: a case is complete only for the same outputs (the fields that affect them, as
     # this run resolved them) and the same models and prediction settings.
     output_options: dict[str, Any] = {"tasks": [t.name for t in selection.tasks], **outputs.recorded}
-    resolved = {"postprocess": repaired, "cascade": cascading(selection, options),
-                "cascade_margin": options.cascade_margin if cascading(selection, options) else None}
+    boxes = cascading(selection, options)
+    resolved = {"postprocess": repaired, "cascade": boxes, "cascade_margin": options.cascade_margin if boxes else None}
     given = options.as_record()  # the speed settings resolved
     for f in option_fields(Affects.OUTPUTS):
         output_options.setdefault(f.name, resolved.get(f.name, given[f.name]))
@@ -208,7 +211,7 @@ def make_segmenter(selection: TaskSelection, locations: dict[str, ModelLocation]
               for t in selection.tasks]
     return MultiTaskSegmenter(
         name=selection.output_task.name, models=models, table=table, pool=pool, nnunet_version=nnunet_version,
-        skeleton=load_registry(options.tasks_file).get_task("skeleton"),
+        skeleton=(selection.registry or load_registry(options.tasks_file)).get_task("skeleton"),
         options=CascadeOptions(cascade=options.cascade, margin_mm=options.cascade_margin,
                                repair=frozenset(repaired)))
 
