@@ -1,7 +1,7 @@
 """``autoorgan predict`` against ``nnUNetv2_predict``, side by side: wall time, peak RSS, Dice.
 
     python benchmarks/nnunet_compare.py --work /tmp/compare [--model default|tiny] [--repeats 3]
-        [--inputs real,large] [--no-tta] [--extra fast]
+        [--inputs real,large] [--no-tta] [--extra fast] [--precision auto|fp32|bf16]
 
 Both commands use the same model folder (``nnUNet_results`` / ``--models-dir``), the same input
 file, fold 0, 3d_fullres, tile step 0.5, device CPU, and both mirror (TTA) unless ``--no-tta``
@@ -12,6 +12,10 @@ its default worker pools (``-npp 3 -nps 3``). Runs alternate (measure.py), figur
 Dice per label compares each autoorgan output with nnU-Net's output of the same input. The
 models carry RANDOM weights (bench_models.py): fine for timing and for agreement between two
 pipelines, meaningless as segmentations.
+
+``--precision`` is autoorgan's (default ``auto``: bfloat16 where the CPU has it natively,
+docs/performance.md); nnU-Net predicts in float32 on the CPU. The report names the CPU, its
+flags and the precision autoorgan's sidecar says ran.
 
 Inputs: ``real`` — the real TotalSegmentator example CT (``$AUTOORGAN_TEST_DATA``, default
 ``../shared/data/real``); ``large`` — a synthetic 512×512×400 int16 CT at 0.8×0.8×1.5 mm.
@@ -33,6 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_models import BenchModel, make_bench_model, synthetic_ct
 from measure import compare
+from precision_benchmark import describe_machine
 
 from autoorgan.report.metrics import dice_per_label
 
@@ -55,7 +60,7 @@ def _input_folder(work: Path, name: str, ct: Path) -> Path:
 
 
 def commands(bench: BenchModel, folder: Path, out: Path, *, tta: bool, extra: list[str],
-             step: float = 0.5) -> dict[str, list[str]]:
+             step: float = 0.5, precision: str | None = None) -> dict[str, list[str]]:
     """The compared command lines: nnU-Net's, autoorgan's default, and any ``extra`` autoorgan presets."""
     nnunet = ["nnUNetv2_predict", "-i", str(folder), "-o", str(out / "nnunet"), "-d", str(bench.dataset_id),
               "-c", "3d_fullres", "-f", "0", "-tr", "nnUNetTrainer", "-p", "nnUNetPlans", "-step_size", str(step),
@@ -63,6 +68,7 @@ def commands(bench: BenchModel, folder: Path, out: Path, *, tta: bool, extra: li
     base = [sys.executable, "-m", "autoorgan", "predict", "--task", bench.task, "--tasks-file", str(bench.tasks_file),
             "--models-dir", str(bench.results), "-i", str(folder), "--device", "cpu", "--quiet",
             "--no-postprocess", "--step-size", str(step)] + ([] if tta else ["--no-tta"])
+    base += ["--precision", precision] if precision else []
     runs = {"nnUNetv2_predict": nnunet, "autoorgan": [*base, "-o", str(out / "autoorgan")]}
     for preset in extra:
         runs[f"autoorgan --{preset}"] = [*base, "-o", str(out / preset), f"--{preset}"]
@@ -82,6 +88,7 @@ def main() -> None:
     parser.add_argument("--no-tta", action="store_true", help="--disable_tta / --no-tta on both sides")
     parser.add_argument("--extra", default="", help="autoorgan presets to add, e.g. 'fast'")
     parser.add_argument("--step", type=float, default=0.5, help="tile step of both (0.5: nnU-Net's default)")
+    parser.add_argument("--precision", choices=("auto", "fp32", "bf16"), help="autoorgan's --precision")
     args = parser.parse_args()
     bench = make_bench_model(args.work / "models", tiny=args.model == "tiny")
     inputs = {"real": real_ct(), "large": synthetic_ct(args.work / "large_ct.nii.gz")}
@@ -90,11 +97,13 @@ def main() -> None:
            "nnUNet_preprocessed": str(args.work / "pre_unused")}
     report = {"model": args.model, "random_weights": True, "tta": not args.no_tta, "repeats": args.repeats,
               "step": args.step,
-              "patch_size": bench.plans["patch_size"], "cpus": os.cpu_count(), "inputs": {}}
+              "patch_size": bench.plans["patch_size"], "cpus": os.cpu_count(), "precision": args.precision or "auto",
+              "machine": describe_machine(), "inputs": {}}
     for name in [n for n in args.inputs.split(",") if n]:
         folder = _input_folder(args.work, name, inputs[name])
         out = args.work / f"out_{name}"
-        runs = commands(bench, folder, out, tta=not args.no_tta, extra=extra, step=args.step)
+        runs = commands(bench, folder, out, tta=not args.no_tta, extra=extra, step=args.step,
+                        precision=args.precision)
         load_before = os.getloadavg()
         result = compare(runs, repeats=args.repeats, env=env,
                          before_each={key: _emptier(Path(cmd[cmd.index("-o") + 1])) for key, cmd in runs.items()})
@@ -116,6 +125,7 @@ def main() -> None:
         print("autoorgan time split (last run, s):", sidecar.get("timing"))
         report["inputs"][name] = {
             "table": table, "dice": dice, "timing_split": sidecar.get("timing"), "load_average": [load_before, load_after],
+            "precision_ran": sidecar.get("precision"),
             "runs": {k: [{"wall_s": round(m.wall_s, 2), "peak_gib": round(m.peak_gib, 3)} for m in v]
                      for k, v in result.runs.items()}}
     (args.work / f"compare_{args.model}.json").write_text(json.dumps(report, indent=2), encoding="utf-8")

@@ -2,10 +2,13 @@
 
     python benchmarks/repair_benchmark.py [--data ../shared/data/real] [--speed]
 
-References: synthetic phantoms (ribs 9–12 next to vertebrae T9–L2, with their CT) and the real
-TotalSegmentator references converted into the ribs and vertebrae label spaces. Each reference
+References: synthetic phantoms (ribs 9–12 next to vertebrae T9–L2, with their CT), the real
+TotalSegmentator references converted into the ribs and vertebrae label spaces and the TPTBox
+lumbar crop (L2–L4, posterior elements from its subregion map). Each reference
 is corrupted (sides swapped, numbering shifted, a rib broken into mislabelled pieces, islands,
-junction voxels erased, a vertebra fragment mislabelled), repaired, and scored: *restored* = %
+junction voxels erased, a vertebra fragment mislabelled; numbering errors of the series: a rib
+or vertebra numbered as its neighbour, a rib's front or head end numbered as its neighbour, a
+vertebra's posterior elements numbered as the next level, neighbours swapped), repaired, and scored: *restored* = %
 of corrupted voxels given their reference label back; *collateral* = % of labelled voxels
 changed on the uncorrupted map. Everything is repeated in LPS, PIR and a flipped (LAS) storage.
 ``--speed`` also times one 512×512×600 ribs map, its vertebrae map, the ribs map with stray
@@ -21,7 +24,7 @@ import time
 from pathlib import Path
 
 import numpy as np
-from repair_cases import ReferenceCase, phantom_case, totalsegmentator_case
+from repair_cases import ReferenceCase, phantom_case, totalsegmentator_case, tptbox_case
 from repair_corruptions import evaluate, repair_case_map, unscored_corruptions
 
 from autoorgan.io.image import Geometry
@@ -63,14 +66,16 @@ def main() -> None:
         cases.append(totalsegmentator_case(folder, "example_seg_dicom.nii.gz"))
     else:
         log.warning("no real references at %s; phantoms only", folder)
-    rows = [row for case in cases for row in evaluate(case, ORIENTATIONS)]
+    if (args.data / "tptbox_vertebra").is_dir():
+        cases.append(tptbox_case(args.data / "tptbox_vertebra"))
+    rows = [row for case in cases for row in evaluate(case, ORIENTATIONS, series=True)]
     log.info("%-44s %-9s %-10s %-20s %9s %9s %9s %7s", "case", "orient", "task", "corruption", "corrupted",
              "restored%", "collat.%", "sec")
     for r in rows:
         log.info("%-44s %-9s %-10s %-20s %9d %9.1f %9.3f %7.2f", r.case, r.orientation, r.task, r.corruption,
                  r.scores.corrupted, r.scores.restored_pct, r.scores.collateral_pct, r.seconds)
     for case in cases:
-        for name, why in unscored_corruptions(case).items():
+        for name, why in unscored_corruptions(case, series=True).items():
             log.info("%s: '%s' not scored: %s", case.name, name, why)
     corrupted = [r for r in rows if r.scores.corrupted]
     clean = [r for r in rows if r.corruption.startswith("none")]
@@ -81,6 +86,12 @@ def main() -> None:
         log.info("overall restored: %.2f%% of %d corrupted voxels; worst corruption %.1f%% (%s, %s)",
                  100 * total_restored / max(total_bad, 1), total_bad, worst.scores.restored_pct, worst.corruption,
                  worst.case)
+    log.info("per corruption class (all references and orientations): restored %, worst collateral %")
+    for name in dict.fromkeys(r.corruption for r in rows):
+        mine = [r for r in rows if r.corruption == name]
+        bad = sum(r.scores.corrupted for r in mine)
+        log.info("  %-55s %8.2f %8.3f  (%d voxels)", name, 100 * sum(r.scores.restored for r in mine) / max(bad, 1),
+                 max(r.scores.collateral_pct for r in mine), bad)
     if clean:
         worst = max(clean, key=lambda r: r.scores.collateral_pct)
         log.info("collateral on clean maps: worst %.3f%% (%s, %s)", worst.scores.collateral_pct, worst.case, worst.task)

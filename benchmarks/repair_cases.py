@@ -26,6 +26,10 @@ class ReferenceCase:
     vertebrae: np.ndarray
     ct: np.ndarray | None = None
     skeleton: np.ndarray | None = None
+    #: Posterior elements of the vertebrae (arch and processes), where a subregion map tells them.
+    posterior: np.ndarray | None = None
+    #: Whether the vertebrae have arches (the phantoms' vertebrae are boxes).
+    arches: bool = True
 
     def reoriented(self, codes: str) -> ReferenceCase:
         """The same case stored in another axis order (same voxels, same world positions)."""
@@ -39,7 +43,7 @@ class ReferenceCase:
             return None if a is None else np.ascontiguousarray(plan.to_target(a))
 
         return ReferenceCase(f"{self.name} {codes}", geometry, move(self.ribs), move(self.vertebrae),  # type: ignore[arg-type]
-                             move(self.ct), move(self.skeleton))
+                             move(self.ct), move(self.skeleton), move(self.posterior), self.arches)
 
 
 def task_names(task: str) -> Mapping[int, str]:
@@ -55,7 +59,7 @@ def phantom_case(seed: int = 0, spacing: tuple[float, float, float] = (1.5, 1.5,
         return np.ascontiguousarray(sitk.GetArrayFromImage(image).transpose(2, 1, 0))
 
     return ReferenceCase(f"phantom {seed}", Geometry.of(phantom.ct), arr(phantom.labels_for(task_names("ribs"))),
-                         arr(phantom.labels_for(task_names("vertebrae"))), ct=arr(phantom.ct))
+                         arr(phantom.labels_for(task_names("vertebrae"))), ct=arr(phantom.ct), arches=False)
 
 
 def _convert(total: np.ndarray, class_map: Mapping[str, str], names: Mapping[int, str]) -> np.ndarray:
@@ -83,3 +87,28 @@ def totalsegmentator_case(folder: Path, seg: str, ct: str | None = None) -> Refe
     if ct is not None:
         case.ct = volume_from_image(sitk.ReadImage(str(folder / ct)), ct).array
     return case
+
+
+#: VerSe label numbers of the vertebrae (1–7 C1–C7, 8–19 T1–T12, 20–24 L1–L5).
+_VERSE = {i + 1: name for i, name in enumerate(
+    [f"C{k}" for k in range(1, 8)] + [f"T{k}" for k in range(1, 13)] + [f"L{k}" for k in range(1, 6)])}
+#: Subregions of the VerSe subregion map that are posterior elements (arch, spinous, costal and
+#: articular processes; 49/50 are the vertebral body).
+_POSTERIOR_SUBREGIONS = tuple(range(41, 49))
+
+
+def tptbox_case(folder: Path) -> ReferenceCase:
+    """The TPTBox lumbar crop (L2–L4, PIR storage) in the vertebrae label space, with its CT and
+    the posterior elements from its subregion map; it has no ribs."""
+    vert = volume_from_image(sitk.ReadImage(str(folder / "sub-ct_seg-vert_label-22_msk.nii.gz")), "vert")
+    subreg = volume_from_image(sitk.ReadImage(str(folder / "sub-ct_seg-subreg_label-22_msk.nii.gz")), "subreg")
+    ct = volume_from_image(sitk.ReadImage(str(folder / "sub-ct_label-22_ct.nii.gz")), "ct")
+    names = task_names("vertebrae")
+    by_name = {n: v for v, n in names.items()}
+    lut = np.zeros(int(vert.array.max()) + 1, dtype=np.uint8)
+    for key in np.unique(vert.array).tolist():
+        if key in _VERSE:
+            lut[key] = by_name[f"vertebrae_{_VERSE[key]}"]
+    vertebrae = lut[vert.array.astype(np.int64)]
+    return ReferenceCase("tptbox_vertebra", vert.geometry, np.zeros_like(vertebrae), vertebrae, ct=ct.array,
+                         posterior=np.isin(subreg.array, _POSTERIOR_SUBREGIONS))

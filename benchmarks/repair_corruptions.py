@@ -142,6 +142,95 @@ def mislabel_vertebra_fragment(labels: np.ndarray, geometry: Geometry, names: Ma
     return out
 
 
+def relabel_whole(labels: np.ndarray, value: int, target: int) -> np.ndarray:
+    """Give every voxel of ``value`` the label ``target`` (one bone labelled as its neighbour:
+    ``target`` then names two bones and ``value`` none)."""
+    out = labels.copy()
+    out[labels == value] = target
+    return out
+
+
+def swap_labels(labels: np.ndarray, a: int, b: int) -> np.ndarray:
+    """Swap two labels (two neighbours numbered the wrong way round)."""
+    out = labels.copy()
+    out[labels == a], out[labels == b] = b, a
+    return out
+
+
+def relabel_part(labels: np.ndarray, geometry: Geometry, value: int, target: int, share: float,
+                 front: bool) -> np.ndarray:
+    """Give the front (``front``) or back ``share`` of ``value``'s voxels, along the patient's
+    front-to-back axis, the label ``target``: a label boundary running along one bone, the part
+    still attached to the rest of its bone (a rib's front end, a vertebra's posterior elements)."""
+    points = np.argwhere(labels == value)
+    ant = PatientFrame.of(geometry).anterior(points)
+    part = points[ant >= np.quantile(ant, 1 - share)] if front else points[ant <= np.quantile(ant, share)]
+    out = labels.copy()
+    out[tuple(part.T)] = target
+    return out
+
+
+def _middle_rib(labels: np.ndarray, names: Mapping[int, str], side: str) -> int | None:
+    """The middle rib number of one side that has both neighbours in the map (``None`` without)."""
+    numbers = sorted(k for s, k in _present_ribs(labels, names).values() if s == side)
+    inner = [k for k in numbers if k - 1 in numbers and k + 1 in numbers]
+    return inner[len(inner) // 2] if inner else None
+
+
+def _middle_vertebra(labels: np.ndarray, names: Mapping[int, str]) -> int | None:
+    """Level index of the largest vertebra whose two neighbours are in the map (``None`` without)."""
+    values, counts = np.unique(labels[labels > 0], return_counts=True)
+    by_level = {lvl: int(c) for v, c in zip(values.tolist(), counts.tolist(), strict=True)
+                if (lvl := vertebra_level(names.get(int(v), ""))) is not None}
+    inner = [lvl for lvl in by_level if lvl - 1 in by_level and lvl + 1 in by_level]
+    return max(inner, key=lambda lvl: by_level[lvl]) if inner else None
+
+
+def series_corruptions(case) -> dict[str, tuple[str, np.ndarray]]:  # type: ignore[no-untyped-def]
+    """Numbering errors of whole bones and of parts of bones, as models make them: one number on
+    two bones with the next missing, two numbers on one bone, neighbours swapped; on the left
+    ribs' middle rib and the middle vertebra (each with both neighbours in the map)."""
+    from autoorgan.postprocess.frame import VERTEBRA_LEVELS
+
+    ribs_names, vert_names = task_names("ribs"), task_names("vertebrae")
+    out: dict[str, tuple[str, np.ndarray]] = {}
+    k = _middle_rib(case.ribs, ribs_names, "left")
+    if k is not None:
+        rib = {j: _value(ribs_names, f"rib_left_{j}") for j in (k - 1, k, k + 1)}
+        if all(v is not None for v in rib.values()):
+            above, this, below = int(rib[k - 1]), int(rib[k]), int(rib[k + 1])  # type: ignore[arg-type]
+            out["rib numbered as the one above"] = ("ribs", relabel_whole(case.ribs, this, above))
+            out["rib numbered as the one below"] = ("ribs", relabel_whole(case.ribs, this, below))
+            out["rib front numbered as the one above"] = ("ribs", relabel_part(case.ribs, case.geometry, this, above,
+                                                                               0.5, front=True))
+            out["rib head end numbered as the one below"] = ("ribs", relabel_part(
+                case.ribs, case.geometry, this, below, 0.4, front=False))
+            out["neighbouring ribs swapped"] = ("ribs", swap_labels(case.ribs, this, below))
+    level = _middle_vertebra(case.vertebrae, vert_names)
+    if level is not None:
+        vert = {j: _value(vert_names, f"vertebrae_{VERTEBRA_LEVELS[j]}") for j in (level - 1, level, level + 1)}
+        above, this, below = (int(vert[j]) for j in (level - 1, level, level + 1))  # type: ignore[arg-type]
+        out["vertebra numbered as the one above"] = ("vertebrae", relabel_whole(case.vertebrae, this, above))
+        out["vertebra numbered as the one below"] = ("vertebrae", relabel_whole(case.vertebrae, this, below))
+        if case.posterior is not None:  # the real posterior elements of a subregion map
+            posterior = case.vertebrae.copy()
+            posterior[(case.vertebrae == this) & case.posterior] = below
+            out["posterior elements of a vertebra numbered as the next"] = ("vertebrae", posterior)
+        elif case.arches:  # the back 35% of the vertebra: its arch and processes
+            out["posterior elements of a vertebra numbered as the next"] = ("vertebrae", relabel_part(
+                case.vertebrae, case.geometry, this, below, 0.35, front=False))
+        out["neighbouring vertebrae swapped"] = ("vertebrae", swap_labels(case.vertebrae, this, below))
+    return out
+
+
+SERIES_RIB_CORRUPTIONS = ("rib numbered as the one above", "rib numbered as the one below",
+                          "rib front numbered as the one above", "rib head end numbered as the one below",
+                          "neighbouring ribs swapped")
+SERIES_VERTEBRA_CORRUPTIONS = ("vertebra numbered as the one above", "vertebra numbered as the one below",
+                               "posterior elements of a vertebra numbered as the next",
+                               "neighbouring vertebrae swapped")
+
+
 @dataclass(frozen=True)
 class Row:
     """One benchmark measurement."""
@@ -154,8 +243,10 @@ class Row:
     seconds: float
 
 
-def corruptions(case, rng: np.random.Generator) -> dict[str, tuple[str, np.ndarray]]:  # type: ignore[no-untyped-def]
-    """Named corruptions of a :class:`repair_cases.ReferenceCase`: name → (task, map)."""
+def corruptions(case, rng: np.random.Generator, series: bool = False  # type: ignore[no-untyped-def]
+                ) -> dict[str, tuple[str, np.ndarray]]:
+    """Named corruptions of a :class:`repair_cases.ReferenceCase`: name → (task, map); with
+    ``series`` also the numbering errors of :func:`series_corruptions`."""
     ribs_names, vert_names = task_names("ribs"), task_names("vertebrae")
     present = _present_ribs(case.ribs, ribs_names)
     both = sorted({k for s, k in present.values() if s == "left"} & {k for s, k in present.values() if s == "right"})
@@ -168,15 +259,17 @@ def corruptions(case, rng: np.random.Generator) -> dict[str, tuple[str, np.ndarr
     if present:
         largest = max(present, key=lambda v: int((case.ribs == v).sum()))
         out["rib broken"] = ("ribs", break_rib(case.ribs, case.geometry, ribs_names, largest, 3))
-    out["islands (ribs)"] = ("ribs", add_islands(case.ribs, case.geometry, 6, 50.0, rng))
+        out["islands (ribs)"] = ("ribs", add_islands(case.ribs, case.geometry, 6, 50.0, rng))
     vertebra_mask = case.vertebrae > 0
-    if vertebra_mask.any() and (case.ct is not None or case.skeleton is not None):
+    if present and vertebra_mask.any() and (case.ct is not None or case.skeleton is not None):
         out["junction erased"] = ("ribs", erase_junctions(case.ribs, case.geometry, ribs_names, vertebra_mask))
     if vertebra_mask.any():
         values, counts = np.unique(case.vertebrae[vertebra_mask], return_counts=True)
         out["vertebra fragment"] = ("vertebrae", mislabel_vertebra_fragment(
             case.vertebrae, case.geometry, vert_names, int(values[np.argmax(counts)])))
         out["islands (vertebrae)"] = ("vertebrae", add_islands(case.vertebrae, case.geometry, 6, 50.0, rng))
+    if series:
+        out.update(series_corruptions(case))
     return out
 
 
@@ -194,15 +287,23 @@ def _left_rib_head_at_a_level(case) -> bool:  # type: ignore[no-untyped-def]
     return any(level is not None for name, level in levels.items() if name.startswith("rib_left_"))
 
 
-def unscored_corruptions(case) -> dict[str, str]:  # type: ignore[no-untyped-def]
+def unscored_corruptions(case, series: bool = False) -> dict[str, str]:  # type: ignore[no-untyped-def]
     """Corruptions :func:`corruptions` leaves out for ``case``, and why (for the benchmark report)."""
-    made = corruptions(case, np.random.default_rng(0))
+    made = corruptions(case, np.random.default_rng(0), series)
     reasons = {
         "numbering shifted": "no left rib head inside the image at a level of the vertebrae",
         "junction erased": "no vertebrae, or neither CT nor skeleton map",
         "vertebra fragment": "no vertebrae",
         "sides swapped": "no rib number present on both sides",
     }
+    if series:
+        reasons.update({name: "no left rib with both neighbours in the map" for name in SERIES_RIB_CORRUPTIONS})
+        reasons.update({name: "no vertebra with both neighbours in the map" for name in SERIES_VERTEBRA_CORRUPTIONS})
+    if not case.ribs.any():
+        reasons.update({name: "no ribs in this reference" for name in reasons if name in (
+            "numbering shifted", "junction erased", "sides swapped", *SERIES_RIB_CORRUPTIONS)})
+    if series and not case.arches:
+        reasons["posterior elements of a vertebra numbered as the next"] = "the vertebrae are boxes without arches"
     out = {name: why for name, why in reasons.items() if name not in made}
     if "vertebra fragment" in made and not (made["vertebra fragment"][1] != case.vertebrae).any():
         levels = sorted(task_names("vertebrae")[int(v)] for v in np.unique(case.vertebrae) if v)
@@ -223,17 +324,22 @@ def repair_case_map(case, task: str, labels: np.ndarray):  # type: ignore[no-unt
     return repair_labels(labels, case.geometry, task_names(task), companions=companions)
 
 
-def evaluate(case, orientations: tuple[str, ...], seed: int = 0) -> list[Row]:  # type: ignore[no-untyped-def]
-    """Corrupt ``case`` once, then repair every corruption (and the clean maps) in each orientation."""
+def evaluate(case, orientations: tuple[str, ...], seed: int = 0,  # type: ignore[no-untyped-def]
+             series: bool = False, only: tuple[str, ...] | None = None) -> list[Row]:
+    """Corrupt ``case`` once, then repair every corruption (and the clean maps) in each orientation;
+    ``series`` adds the numbering errors of :func:`series_corruptions`, ``only`` keeps the named
+    corruptions (and the clean maps)."""
     import time
 
-    base = corruptions(case, np.random.default_rng(seed))
+    base = corruptions(case, np.random.default_rng(seed), series)
+    if only is not None:
+        base = {name: made for name, made in base.items() if name in only}
     rows: list[Row] = []
     for codes in orientations:
         oriented = case.reoriented(codes) if codes != "as stored" else case
         plan_maps = {"none": ("ribs", case.ribs), "none (vertebrae)": ("vertebrae", case.vertebrae), **base}
         for name, (task, corrupted) in plan_maps.items():
-            if task == "vertebrae" and not case.vertebrae.any():
+            if (task == "vertebrae" and not case.vertebrae.any()) or (task == "ribs" and not case.ribs.any()):
                 continue
             reference = case.ribs if task == "ribs" else case.vertebrae
             if codes != "as stored":

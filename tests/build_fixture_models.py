@@ -1,13 +1,17 @@
 """Build the test suite's fixture models: nnU-Net model zips in ``tests/data/models``.
 
-    python tests/build_fixture_models.py                       # trains all four models (about 24 min of a 2-core CI run)
+    python tests/build_fixture_models.py                       # trains all six models (about 30 min of a 2-core CI run)
     python tests/build_fixture_models.py --export-from FOLDER  # exports models trained earlier by the same code
+    python tests/build_fixture_models.py --export-from FOLDER --only hip_stored_lps.zip  # and keeps the other zips
 
 The models are trained exactly as the session fixtures used to train them, by the functions they
 share with the tests: :func:`fixture_model.train_fixture_model` (the ``hip`` fixture model of
 ``trained_models``: the demo recipe on twelve pelvis phantoms) and
 :func:`multitask_fixtures.train_whole_body_models` (the ``skeleton``, ``hip`` and ``lower_limb``
-models of ``whole_body_models``), all through ``autoorgan train`` on CPU. Each trained model is
+models of ``whole_body_models``) and :func:`fixture_model.train_stored_orientation_model` (the
+hip models of ``stored_orientation_models``, trained on phantoms all stored LPS, or PIL, fed as
+stored, with nothing recording it: what ``autoorgan calibrate`` must find), all through
+``autoorgan train`` on CPU. Each trained model is
 checked against its recipe (plans override, epochs, iterations per epoch, learning rate, label
 table) and written with ``autoorgan export-weights`` (nnU-Net's export format: dataset.json,
 plans.json, dataset_fingerprint.json, checkpoint_final.pth, progress.png and the validation
@@ -46,6 +50,8 @@ from fixture_model import (
     FIXTURE_CHECKSUMS,
     FIXTURE_MODELS_DIR,
     FIXTURE_TASK,
+    STORED_ORIENTATIONS,
+    STORED_SCHEDULE,
     TINY_PLANS,
     TRAIN_ORIENTATIONS,
     TRAIN_SCHEDULE,
@@ -53,6 +59,7 @@ from fixture_model import (
     schedule_options,
     sha256_of,
     train_fixture_model,
+    train_stored_orientation_model,
 )
 from multitask_fixtures import SCHEDULE_BY_TASK, TRAINING_SEEDS, WHOLE_BODY_TASKS, train_whole_body_models
 
@@ -77,6 +84,12 @@ ARCHIVES: dict[str, dict[str, Any]] = {
                 "(tests/multitask_fixtures.py)",
         "options": [*SCHEDULE_BY_TASK[task], "--seed", "0"],
     } for name, task in zip(FIXTURE_ARCHIVES["whole_body_models"], WHOLE_BODY_TASKS, strict=True)},
+    **{name: {
+        "fixture": "stored_orientation_models", "task": FIXTURE_TASK, "models": f"stored_{codes}/models",
+        "data": f"pelvis phantoms of seeds {list(TRAIN_SEEDS)} all stored as {codes} and fed as stored (task "
+                "orientation native); the model's dataset.json keeps nnU-Net's fields only (tests/fixture_model.py)",
+        "options": schedule_options(STORED_SCHEDULE),
+    } for name, codes in STORED_ORIENTATIONS.items()},
 }
 
 
@@ -124,8 +137,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--output", type=Path, default=FIXTURE_MODELS_DIR, help="folder of the zips and checksums.json")
     parser.add_argument("--work", type=Path, default=None, help="training folder (default: a temporary one)")
     parser.add_argument("--export-from", type=Path, default=None, metavar="FOLDER",
-                        help="export the models trained earlier in FOLDER/models and FOLDER/whole_body/models")
+                        help="export the models trained earlier in FOLDER/models, FOLDER/whole_body/models and "
+                             "FOLDER/stored_<codes>/models")
+    parser.add_argument("--only", action="append", choices=sorted(ARCHIVES), default=None,
+                        help="with --export-from: export only these zips and keep the others' entries")
     args = parser.parse_args(argv)
+    if args.only and args.export_from is None:
+        parser.error("--only needs --export-from")
 
     started = time.monotonic()
     with tempfile.TemporaryDirectory(prefix="fixture_models_") as scratch:
@@ -135,9 +153,18 @@ def main(argv: list[str] | None = None) -> int:
             train_fixture_model(base)
             print(f"training the multi-task models in {base / 'whole_body' / 'models'}", flush=True)
             train_whole_body_models(base / "whole_body")
+            for codes in STORED_ORIENTATIONS.values():
+                print(f"training the hip model on phantoms stored {codes} in {base / f'stored_{codes}'}", flush=True)
+                train_stored_orientation_model(base / f"stored_{codes}", codes)
         args.output.mkdir(parents=True, exist_ok=True)
         entries: dict[str, Any] = {}
+        previous = args.output / FIXTURE_CHECKSUMS.name
+        if args.only and previous.is_file():
+            entries = {name: entry for name, entry in json.loads(previous.read_text())["archives"].items()
+                       if name not in args.only}
         for name, spec in ARCHIVES.items():
+            if args.only and name not in args.only:
+                continue
             models = base / spec["models"]
             location = find_model(load_registry().get_task(spec["task"]), models)
             if location is None:
@@ -154,8 +181,8 @@ def main(argv: list[str] | None = None) -> int:
 
     how = ("trained by this script (autoorgan train, CPU)" if args.export_from is None else
            f"exported with --export-from {args.export_from}: models trained earlier by the same training "
-           "functions (fixture_model.train_fixture_model, multitask_fixtures.train_whole_body_models) "
-           "for the session fixtures' model cache")
+           "functions (fixture_model.train_fixture_model, multitask_fixtures.train_whole_body_models, "
+           "fixture_model.train_stored_orientation_model)")
     versions = {"python": platform.python_version()}
     for package in ("autoorgan", "nnunetv2", "torch", "SimpleITK", "numpy"):
         versions[package] = metadata.version(package)
@@ -170,6 +197,11 @@ def main(argv: list[str] | None = None) -> int:
         "archives": entries,
     }
     target = args.output / FIXTURE_CHECKSUMS.name
+    if args.only and target.is_file():  # the other zips keep how they were made; this export is added
+        earlier = json.loads(target.read_text(encoding="utf-8"))
+        update = {key: table[key] for key in ("made_by", "how", "date", "versions")}
+        update["made_by"] += " " + " ".join(f"--only {name}" for name in args.only)
+        table = {**earlier, "archives": entries, "updates": [*earlier.get("updates", []), update]}
     target.write_text(json.dumps(table, indent=2) + "\n", encoding="utf-8")
     print(f"wrote {target} ({time.monotonic() - started:.0f} s)")
     return 0

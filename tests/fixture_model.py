@@ -91,6 +91,58 @@ def train_fixture_model(base: Path, schedule: Mapping[str, Any] = TRAIN_SCHEDULE
     return models
 
 
+#: Fixture models trained the way models trained elsewhere reach users: the pelvis phantoms all
+#: stored in one orientation other than RAS, fed to nnU-Net as stored (task orientation "native"),
+#: and no orientation recorded in the model's dataset.json. ``autoorgan calibrate`` must find it.
+STORED_ORIENTATIONS: dict[str, str] = {"hip_stored_lps.zip": "LPS", "hip_stored_pil.zip": "PIL"}
+#: Their schedule: the recipe's.
+STORED_SCHEDULE = dict(TRAIN_SCHEDULE)
+
+
+def train_stored_orientation_model(base: Path, codes: str, schedule: Mapping[str, Any] = STORED_SCHEDULE) -> Path:
+    """Train the fixture task's model on phantoms all stored as ``codes`` and fed as stored; returns
+    the models folder ``base/models``. The model's ``dataset.json`` keeps nnU-Net's fields only, as
+    a model trained with plain nnU-Net has: nothing tells autoorgan its orientation."""
+    from typer.testing import CliRunner
+
+    from autoorgan.cli.app import app
+    from autoorgan.models.store import find_model
+    from autoorgan.registry.tasks import load_registry
+
+    task = load_registry().get_task(FIXTURE_TASK)
+    for earlier in ("data", "models", "work"):
+        shutil.rmtree(base / earlier, ignore_errors=True)
+    data = base / "data"
+    (data / "images").mkdir(parents=True)
+    (data / "labels").mkdir()
+    for i, seed in enumerate(TRAIN_SEEDS):
+        phantom = pelvis_phantom(seed)
+        sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
+        sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
+    tasks_file = base / "as_stored.json"
+    tasks_file.write_text(json.dumps({"tasks": {FIXTURE_TASK: {"orientation": "native"}}}), encoding="utf-8")
+    models = base / "models"
+    plans_override = base / "tiny_plans.json"
+    plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
+    result = CliRunner().invoke(app, [
+        "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
+        "--work-dir", str(base / "work"), "--device", "cpu", *schedule_options(schedule),
+        "--plans-override", str(plans_override), "--augmentation-workers", "0", "--quiet",
+        "--tasks-file", str(tasks_file),
+    ])
+    if result.exit_code != 0:
+        raise RuntimeError(f"autoorgan train --task {FIXTURE_TASK} ({codes}) failed (exit {result.exit_code}): "
+                           f"{result.output}{result.exception!r}")
+    location = find_model(task, models)
+    if location is None:
+        raise RuntimeError(f"training left no model of task {FIXTURE_TASK} in {models}")
+    dataset_json = location.folder / "dataset.json"
+    fields = json.loads(dataset_json.read_text(encoding="utf-8"))
+    fields.pop("autoorgan", None)
+    dataset_json.write_text(json.dumps(fields, indent=4), encoding="utf-8")
+    return models
+
+
 # ---------------------------------------------------------------------------------------------
 # The checked-in model zips
 
@@ -102,6 +154,7 @@ FIXTURE_CHECKSUMS = FIXTURE_MODELS_DIR / "checksums.json"
 FIXTURE_ARCHIVES: dict[str, tuple[str, ...]] = {
     "trained_models": ("fixture_hip.zip",),
     "whole_body_models": ("whole_body_skeleton.zip", "whole_body_hip.zip", "whole_body_lower_limb.zip"),
+    "stored_orientation_models": tuple(STORED_ORIENTATIONS),
 }
 REBUILD_HINT = "rebuild them with: python tests/build_fixture_models.py (see tests/data/models/README.md)"
 

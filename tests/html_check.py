@@ -70,9 +70,38 @@ def load_page(page: Path) -> PageReport:
         wrapper.write_text(_WRAPPER.format(src=page.as_uri()), encoding="utf-8")
         framed = _run(browser, wrapper.as_uri(), Path(tmp) / "profile2")
         assert framed.returncode == 0, framed.stderr[-2000:]
-    match = re.search(r'<pre id="result">(.*?)</pre>', framed.stdout, re.S)
+    match = re.search(r'<pre id="result">(.*?)</pre>', framed.stdout, re.DOTALL)
     assert match is not None, framed.stdout[-2000:]
     text = match.group(1).replace("&quot;", '"').replace("&lt;", "<").replace("&gt;", ">").replace("&amp;", "&")
     assert text != "not loaded", "the page did not load in the frame"
     data = json.loads(text)
     return PageReport(title=data["title"], images=data["images"], rows=data["rows"], console=console)
+
+
+#: Chromium flags for a page that draws with WebGL: software rendering (SwiftShader), no GPU needed.
+_WEBGL_FLAGS = ["--headless", "--no-sandbox", "--use-angle=swiftshader", "--enable-unsafe-swiftshader",
+                "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                "--no-first-run", "--hide-scrollbars", "--virtual-time-budget=20000"]
+
+
+@dataclass
+class BrowsedPage:
+    dom: str
+    #: The screenshot as an RGB array (rows, columns, 3), values 0..1.
+    screenshot: object
+
+
+def browse(url: str, size: tuple[int, int] = (1200, 800)) -> BrowsedPage:
+    """Open ``url`` (served over HTTP) in headless Chromium with WebGL: the DOM once the page has
+    settled, and a screenshot of the window taken then (one browser run)."""
+    from matplotlib.image import imread
+
+    browser = chromium()
+    with tempfile.TemporaryDirectory(prefix="autoorgan-chromium-") as tmp:
+        shot = Path(tmp) / "shot.png"
+        run = subprocess.run([browser, *_WEBGL_FLAGS, f"--window-size={size[0]},{size[1]}",
+                              f"--user-data-dir={tmp}/profile", f"--screenshot={shot}", "--dump-dom", url],
+                             capture_output=True, text=True, timeout=120, check=False)
+        assert run.returncode == 0 and shot.is_file(), run.stderr[-2000:]
+        picture = imread(str(shot))[..., :3]
+    return BrowsedPage(dom=run.stdout, screenshot=picture)

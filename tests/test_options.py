@@ -28,6 +28,7 @@ NON_DEFAULT = {
     "tasks_file": str(demo_tasks_file()), "dataset_id": 301, "trainer": "nnUNetTrainerX", "fold": "all",
     "configuration": "3d_lowres", "plans": "nnUNetResEncUNetMPlans", "trust_checkpoint": True, "cascade": False,
     "cascade_margin": 35.0, "keep_task_maps": True, "max_archive_size": 2.5, "device": "cpu", "threads": 2,
+    "precision": "bf16", "orientation": "LPS",
 }
 
 
@@ -108,7 +109,9 @@ def test_continue_compares_every_field_that_affects_outputs_or_labels(tmp_path: 
     assert set(job.output_options) >= {f.name for f in option_fields(Affects.OUTPUTS)}
     # The labels' settings are compared as resolved (--fast is a preset of tta and crop_body).
     assert set(job.made_with["prediction"]) == {f.name for f in option_fields(Affects.LABELS)}
-    assert job.made_with["prediction"] == options.speed().as_dict()
+    assert job.made_with["prediction"] == {**options.speed().as_dict(), "orientation": None}
+    # ... and the orientation each model is fed in, as resolved (here: the demo task table's).
+    assert [m["orientation"] for m in job.made_with["models"].values()] == ["RAS"]
     assert [m["dataset_id"] for m in job.made_with["models"].values()] == [job.task.dataset_id]
     # A field that affects nothing a case holds is not compared.
     assert not {f.name for f in option_fields(Affects.NOTHING)} & set(job.output_options)

@@ -132,7 +132,7 @@ def test_roi_subset_split_only_nrrd_and_continue(trained_models: Path, tmp_path:
     first = api.predict(task=FIXTURE_TASK, input=tmp_path / "in" / "p77.mha", output=out, models_dir=trained_models,
                         device="cpu", roi_subset="Sacrum, hip-left", split_only=True, output_type="nrrd")
     assert first.ok
-    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("autoorgan_run", "index"))) == [
+    assert sorted(p.name for p in out.iterdir() if not p.name.startswith(("autoorgan_", "index"))) == [
         "p77", "p77.json"]
     assert sorted(p.name for p in (out / "p77").iterdir()) == ["hip_left.nrrd", "sacrum.nrrd"]
     sidecar = json.loads((out / "p77.json").read_text())

@@ -149,7 +149,7 @@ def test_output_grid_always_equals_input_grid(segmenter: engine.Segmenter, train
     sitk.WriteImage(image, str(path))
     stored = sitk.ReadImage(str(path))  # NIfTI stores the grid in float32: compare with what was stored
     location = require_model(TASK, trained_models)
-    one_task = TaskSegmenter(TaskModel(TASK, location), ModelPool(lambda model: segmenter), engine.nnunet_version())
+    one_task = TaskSegmenter(TaskModel.of(TASK, location), ModelPool(lambda model: segmenter), engine.nnunet_version())
     job = BatchJob(task=TASK, cases=[Case("case", path)], output_dir=folder / "out", segmenter=one_task)
     assert job.run().ok
     seg = sitk.ReadImage(str(folder / "out" / "case.nii.gz"))

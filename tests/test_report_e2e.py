@@ -20,7 +20,7 @@ from autoorgan.cli.app import app
 from autoorgan.demo.phantom import reorient
 from autoorgan.models.store import find_model
 from autoorgan.registry.tasks import load_registry
-from autoorgan.report.preview import PREVIEW_SIZE
+from autoorgan.report.preview import PREVIEW_WIDTH
 from fixture_model import FIXTURE_STRUCTURES, FIXTURE_TASK, pelvis_phantom
 from html_check import load_page
 
@@ -73,7 +73,7 @@ def test_predict_with_statistics_and_preview(trained_models: Path, tmp_path: Pat
         sidecar = json.loads((out / f"{case}.json").read_text())
         assert sidecar["reports"] == {"statistics": f"{case}.stats.json", "preview": f"{case}.png"}
         picture = imread(str(out / f"{case}.png"))
-        assert picture.shape[:2] == (PREVIEW_SIZE[1], PREVIEW_SIZE[0]) and picture[..., :3].std() > 0.05
+        assert picture.shape[1] == PREVIEW_WIDTH and picture[..., :3].std() > 0.05
 
     # the same phantom stored RAS or PIR gives the same statistics table rows (phantoms 500, 501 differ)
     rows = list(csv.DictReader((out / "statistics.csv").open()))
@@ -98,9 +98,12 @@ def test_predict_with_statistics_and_preview(trained_models: Path, tmp_path: Pat
     assert report.console == []
     page = (out / "index.html").read_text()
     assert "hip_left" in page and str(tmp_path) not in page
-    links = {unquote(h) for h in re.findall(r'href="([^"]+)"', page)}
+    hrefs = set(re.findall(r'href="([^"]+)"', page))
+    # each case links its viewer page, which `autoorgan view` serves (tests/test_viewer.py)
+    assert {h for h in hrefs if h.startswith(".view/")} == {".view/p1", ".view/p%202"}
+    links = {unquote(h) for h in hrefs if not h.startswith(".view/")}
     assert {"p1.nii.gz", "p 2.nii.gz", "p1.stats.json", "p1.png", "statistics.csv"} <= links
-    assert all((out / link).is_file() for link in links)  # every link is relative and resolves
+    assert all((out / link).is_file() for link in links)  # every link to a file is relative and resolves
 
 
 def test_continue_keeps_earlier_cases_in_the_overview(trained_models: Path, tmp_path: Path) -> None:
@@ -110,6 +113,16 @@ def test_continue_keeps_earlier_cases_in_the_overview(trained_models: Path, tmp_
                         device="cpu")  # no --statistics/--preview the first time
     assert first.count("done") == 2 and not list(out.glob("*.png")) and not (out / "statistics.csv").exists()
     assert (out / "index.html").is_file() and len(list(out.glob("autoorgan_run*.json"))) == 1
+    # without --statistics the overview still lists the volumes (voxel counts × voxel volume)
+    for case in ("a", "b"):
+        labels = sitk.ReadImage(str(out / f"{case}.nii.gz"))
+        counts = np.bincount(sitk.GetArrayViewFromImage(labels).ravel())
+        voxel_ml = float(np.prod(labels.GetSpacing())) / 1000
+        recorded = json.loads((out / f"{case}.json").read_text())["volumes_ml"]
+        assert recorded == {name: pytest.approx(counts[v] * voxel_ml, abs=0.0005) for v, name in HIP.labels.items()}
+    first_page = (out / "index.html").read_text()
+    ml = json.loads((out / "a.json").read_text())["volumes_ml"]["hip_left"]
+    assert f"hip_left: {ml:.1f}" in first_page
     (out / "b.json").unlink()  # b must be redone
     again = api.predict(task=FIXTURE_TASK, input=tmp_path / "in", output=out, models_dir=trained_models,
                         device="cpu", resume=True, statistics=True, preview=True)

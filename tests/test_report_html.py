@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from pathlib import Path
 from urllib.parse import unquote
@@ -59,3 +60,43 @@ def test_page_loads_in_headless_chromium_with_every_image(tmp_path: Path) -> Non
     # the check does notice a missing picture
     (tmp_path / "case one.png").unlink()
     assert [unquote(str(s)) for s in load_page(page).broken_images] == ["case one.png"]
+
+
+def test_rows_link_the_other_outputs_and_the_viewer() -> None:
+    row = CaseRow("c&1", "done", 1.0, label_map="c&1.nii.gz", viewer=True,
+                  files={"DICOM SEG": "c&1.seg.dcm", "RTSTRUCT": "c&1.rtstruct.dcm", "Slicer .seg.nrrd": "c&1.seg.nrrd"})
+    text = render_index([row, CaseRow("gone", "failed", error="bad")], title="t")
+    assert 'href="c%261.seg.dcm">DICOM SEG</a>' in text and 'href="c%261.rtstruct.dcm">RTSTRUCT</a>' in text
+    assert 'href="c%261.seg.nrrd">Slicer .seg.nrrd</a>' in text
+    assert text.count('class="viewer"') == 1 and 'href=".view/c%261"' in text
+    assert "autoorgan view" in text  # the page says how the viewer links open
+    assert "autoorgan view" not in render_index([CaseRow("gone", "failed")], title="t")
+
+
+def test_index_page_links_what_the_sidecars_name_and_lists_counted_volumes(tmp_path: Path) -> None:
+    from autoorgan.batch.job import BatchResult, CaseResult
+    from autoorgan.registry.tasks import load_registry
+    from autoorgan.steps.report import IndexPage, structure_volumes
+
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[:2] = 1
+    labels[2, :3] = 3
+    volumes = structure_volumes(labels, 2.5, {1: "hip_left", 2: "hip_right", 3: "sacrum"})
+    assert volumes == {"hip_left": 2 * 5 * 6 * 2.5 / 1000, "sacrum": 3 * 6 * 2.5 / 1000}
+    for case in ("a", "b"):
+        (tmp_path / f"{case}.nii.gz").write_bytes(b"map")
+        (tmp_path / f"{case}.seg.dcm").write_bytes(b"seg")
+    (tmp_path / "a.json").write_text(json.dumps({
+        "label_map": "a.nii.gz", "volumes_ml": {"hip_left": 301.26, "sacrum": 12.0, "junk": "x"},
+        "dicom_seg": {"file": "a.seg.dcm"}, "rtstruct": {"file": "a.rtstruct.dcm"},  # not written: no link
+        "seg_nrrd": "../outside.seg.nrrd"}))  # not a plain name: no link
+    (tmp_path / "b.json").write_text(json.dumps({"label_map": "b.nii.gz", "dicom_seg": None,
+                                                 "rtstruct": {"file": "b.seg.dcm"}}))
+    results = BatchResult([CaseResult("a", "done", 1.0), CaseResult("b", "done", 1.0)])
+    IndexPage(load_registry().get_task("hip"))(results, tmp_path)
+    page = (tmp_path / "index.html").read_text()
+    rows = page.split("<tr>")[2:]
+    assert "hip_left: 301.3" in rows[0] and "sacrum: 12.0" in rows[0] and "junk" not in rows[0]
+    assert 'href="a.seg.dcm">DICOM SEG</a>' in rows[0] and "RTSTRUCT" not in rows[0] and "outside" not in rows[0]
+    assert 'href="b.seg.dcm">RTSTRUCT</a>' in rows[1] and "DICOM SEG" not in rows[1]
+    assert 'href=".view/a"' in rows[0] and 'href=".view/b"' in rows[1]

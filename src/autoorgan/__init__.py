@@ -24,14 +24,15 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 
 from autoorgan.options import PredictOptions
 
-__all__ = ["PredictOptions", "Segmented", "__version__", "export_weights", "install_weights", "list_tasks", "predict",
-           "repair", "segment", "task_labels", "train"]
+__all__ = ["PredictOptions", "Segmented", "__version__", "calibrate", "export_weights", "install_weights", "list_tasks",
+           "predict", "repair", "segment", "task_labels", "train"]
 #: Names of :mod:`autoorgan.api` exported here, imported on first use.
 _API = frozenset(__all__) - {"PredictOptions", "__version__"}
 
 if TYPE_CHECKING:
     from autoorgan.api import (
         Segmented,
+        calibrate,
         export_weights,
         install_weights,
         list_tasks,

@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from autoorgan.batch.job import BatchResult, ProgressListener
-from autoorgan.errors import InputError, ModelLoadError
+from autoorgan.errors import InputError, ModelLoadError, ModelNotFoundError
 from autoorgan.models.store import (
     InstalledModel,
     find_model,
@@ -125,7 +125,10 @@ def list_tasks(*, tasks_file: PathLike | None = None, models_dir: PathLike | Non
     folder = resolve_models_dir(models_dir)  # always a folder: at the least the per-user one
     statuses = []
     for task in registry.values():
-        location = find_model(task, folder)
+        try:
+            location = find_model(task, folder)
+        except ModelNotFoundError:  # several model folders could serve it: predict says which
+            location = None
         statuses.append(TaskStatus(task=task, model_folder=location.folder if location else None))
     return statuses
 
@@ -230,6 +233,38 @@ def train(
     return fold_folder.parent
 
 
+def calibrate(
+    task: str,
+    inputs: PathLike | Sequence[PathLike],
+    *,
+    models_dir: PathLike | None = None,
+    tasks_file: PathLike | None = None,
+    device: str = "auto",
+    candidates: Sequence[str] | None = None,
+    min_margin: float | None = None,
+    write: bool = True,
+    trust_checkpoint: bool = False,
+    progress: Any = None,
+) -> Any:
+    """Measure the orientation the installed model of ``task`` was trained in, from CTs whose
+    geometry is known (``inputs``: image files or DICOM series), and record it beside the model
+    (``autoorgan_calibration.json``), where :func:`predict` takes it from.
+
+    Returns the :class:`autoorgan.runs.calibrate.Calibration` (candidates best first, winner,
+    margin); raises :class:`autoorgan.runs.calibrate.CalibrationRefused` (nothing recorded) when
+    the winner's margin is below ``min_margin`` (default
+    :data:`autoorgan.runs.calibrate.MIN_MARGIN`). See :mod:`autoorgan.runs.calibrate` for the scores.
+    """
+    from autoorgan.runs.calibrate import MIN_MARGIN
+    from autoorgan.runs.calibrate import calibrate as _calibrate
+
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    return _calibrate(task, paths, models_dir=Path(models_dir) if models_dir is not None else None,
+                      tasks_file=Path(tasks_file) if tasks_file is not None else None, device=device,
+                      candidates=candidates, min_margin=MIN_MARGIN if min_margin is None else min_margin,
+                      write=write, trust_checkpoint=trust_checkpoint, progress=progress)
+
+
 def export_weights(
     task: str,
     output: PathLike,
@@ -246,12 +281,14 @@ def export_weights(
 
     The archive holds the task's configuration and fold (``dataset.json``, ``plans.json``,
     ``dataset_fingerprint.json``, ``checkpoint_final.pth``, ``progress.png`` and the validation
-    summary) and is accepted by :func:`install_weights` and by nnU-Net's own install command.
+    summary), and the model's calibration record where there is one (see :func:`calibrate`); it is
+    accepted by :func:`install_weights` and by nnU-Net's own install command.
     It is written to a temporary name and renamed into place. Returns the archive path.
     """
     from autoorgan import engine
     from autoorgan.errors import OutputError
     from autoorgan.io.writing import atomic_path
+    from autoorgan.models.orientation import add_calibration_record
     from autoorgan.models.releases import scrub_model_archive
 
     the_task = resolve_task(task, tasks_file=tasks_file, dataset_id=dataset_id, trainer=trainer, fold=fold,
@@ -270,6 +307,7 @@ def export_weights(
         with atomic_path(archive) as tmp:
             engine.export_model(location.folder, tmp, configuration=the_task.configuration, fold=the_task.fold,
                                 trainer=the_task.trainer, plans=the_task.plans)
+            add_calibration_record(tmp, location.folder)
             scrub_model_archive(tmp)  # no details of this machine in the archive
     except OSError as exc:
         raise OutputError(f"cannot write {archive}: {exc.strerror or exc}") from None

@@ -59,11 +59,20 @@ class OutputType(Choice):
     NRRD = "nrrd"
     #: A DICOM SEG referencing the source series (DICOM input), besides the NIfTI label map.
     DICOM_SEG = "dicom-seg"
+    #: An RT Structure Set (contours) on the source series (DICOM input), besides the NIfTI label map.
+    RTSTRUCT = "rtstruct"
+    #: The label map as 3D Slicer's segmentation (``.seg.nrrd``: NRRD with segment names, colours, codes).
+    SEG_NRRD = "seg-nrrd"
 
     @property
     def suffix(self) -> str:
         """File ending of the label map."""
-        return ".nrrd" if self is OutputType.NRRD else ".nii.gz"
+        return {OutputType.NRRD: ".nrrd", OutputType.SEG_NRRD: ".seg.nrrd"}.get(self, ".nii.gz")
+
+    @property
+    def mask_suffix(self) -> str:
+        """File ending of per-structure masks and per-task maps (plain NRRD beside a ``.seg.nrrd``)."""
+        return ".nrrd" if self in (OutputType.NRRD, OutputType.SEG_NRRD) else ".nii.gz"
 
 
 class Export(Choice):
@@ -71,6 +80,15 @@ class Export(Choice):
 
     TORCH = "torch"
     NNUNET = "nnunet"
+
+
+class Precision(Choice):
+    """The network's precision on the CPU (``--precision``; see :mod:`autoorgan.engine.precision`)."""
+
+    #: bfloat16 where the CPU computes it natively and the model's check does not forbid it, else float32.
+    AUTO = "auto"
+    FP32 = "fp32"
+    BF16 = "bf16"
 
 
 class Affects(enum.Enum):
@@ -105,6 +123,21 @@ class OptionSpec:
     panel: str = "Options"
 
 
+def _parse_orientation(value: Any) -> str | None:
+    """``--orientation``: three axis codes, one of R/L, A/P and S/I each (``"lps"`` → ``"LPS"``), or
+    ``native``."""
+    if value is None:
+        return None
+    text = str(value).strip().upper()
+    if text == "NATIVE":
+        return "native"
+    pairs = ("RL", "AP", "SI")
+    if len(text) != 3 or sorted(next((i for i, p in enumerate(pairs) if c in p), -1) for c in text) != [0, 1, 2]:
+        raise InputError(f"--orientation must be three axis codes such as RAS or LPS (one of R/L, A/P and S/I "
+                         f"each) or native, got '{value}'")
+    return text
+
+
 def _option(default: Any, *flags: str, help: str, **spec: Any) -> Any:
     return field(default=default, metadata={"spec": OptionSpec(flags=flags, help=help, **spec)})
 
@@ -130,30 +163,34 @@ def _parse_names(value: Any) -> tuple[str, ...] | None:
 
 @dataclass(frozen=True)
 class SpeedOptions:
-    """How one run predicts, resolved: sliding-window step, mirroring, body crop and export."""
+    """How one run predicts, resolved: sliding-window step, mirroring, body crop, export and the
+    precision asked for (``auto`` is resolved per machine and model when a model loads)."""
 
     step_size: float = DEFAULT_STEP
     tta: bool = True
     crop_body: bool = False
     export: str = "torch"
+    precision: str = "auto"
 
     def as_dict(self) -> dict[str, object]:
-        return {"step_size": self.step_size, "tta": self.tta, "crop_body": self.crop_body, "export": self.export}
+        return {"step_size": self.step_size, "tta": self.tta, "crop_body": self.crop_body, "export": self.export,
+                "precision": self.precision}
 
 
 def resolve_speed(*, fast: bool = False, step_size: float | None = None, tta: bool | None = None,
-                  crop_body: bool | None = None, export: str = "torch") -> SpeedOptions:
+                  crop_body: bool | None = None, export: str = "torch", precision: str = "auto") -> SpeedOptions:
     """The settings of a run: the default (or the ``fast`` preset), with any explicit choice on top.
 
     ``None`` means "not chosen": the preset decides. Raises :class:`InputError` for a step outside
-    (0, 1] or an unknown export.
+    (0, 1], an unknown export or an unknown precision.
     """
     step = step_size if step_size is not None else DEFAULT_STEP
     if not 0 < step <= 1:
         raise InputError(f"step size must be in (0, 1], got {step}")
     kind = Export.parse(export, "export").value
     return SpeedOptions(step_size=float(step), tta=(not fast) if tta is None else tta,
-                        crop_body=fast if crop_body is None else crop_body, export=kind)
+                        crop_body=fast if crop_body is None else crop_body, export=kind,
+                        precision=Precision.parse(precision, "precision").value)
 
 
 @dataclass(frozen=True)
@@ -185,6 +222,10 @@ class PredictOptions:
     export: Export = _option(
         Export.TORCH, "--export", cli_type=str, affects=Affects.LABELS, panel="Speed",
         help="torch (streamed: nnU-Net's labels in less time and memory) or nnunet (nnU-Net's own export).")
+    precision: Precision = _option(
+        Precision.AUTO, "--precision", cli_type=str, affects=Affects.LABELS, panel="Speed",
+        help="The network's precision on the CPU: auto (bfloat16 where the CPU has it natively, AMX or "
+             "AVX512-BF16, else float32), fp32 or bf16. CUDA keeps nnU-Net's autocast. See docs/performance.md.")
     # -- the batch ---------------------------------------------------------------------------------
     resume: bool = _option(
         False, "--continue", "-c", panel="Batch",
@@ -212,8 +253,10 @@ class PredictOptions:
         help="Write the per-structure masks instead of the label map.")
     output_type: OutputType = _option(
         OutputType.NIFTI, "--output-type", cli_type=str, affects=Affects.OUTPUTS, panel="Outputs",
-        help="Label map format: nifti (<case>.nii.gz), nrrd (<case>.nrrd) or dicom-seg (DICOM input: also "
-             "<case>.seg.dcm referencing the series).")
+        help="Label map format: nifti (<case>.nii.gz), nrrd (<case>.nrrd), seg-nrrd (<case>.seg.nrrd: 3D "
+             "Slicer's segmentation, with names and colours), dicom-seg (DICOM input: also "
+             "<case>.seg.dcm referencing the series) or rtstruct (DICOM input: also <case>.rtstruct.dcm, "
+             "contours on the series).")
     roi_subset: tuple[str, ...] | None = _option(
         None, "--roi-subset", cli_type=str, affects=Affects.OUTPUTS, panel="Outputs",
         help="Keep only these structures, comma- or space-separated (e.g. liver,spleen or liver spleen; see "
@@ -235,6 +278,11 @@ class PredictOptions:
     configuration: str | None = _option(
         None, "--configuration", panel="Model", help="nnU-Net configuration, e.g. 3d_fullres.")
     plans: str | None = _option(None, "--plans", panel="Model", help="nnU-Net plans identifier.")
+    orientation: str | None = _option(
+        None, "--orientation", affects=Affects.LABELS, panel="Model",
+        help="Feed the model arrays in this orientation for this run: axis codes such as RAS or LPS, or native "
+             "(as stored). Default: the model's calibration record (see 'autoorgan calibrate'), the task "
+             "table, the model's dataset.json, else RAS.")
     trust_checkpoint: bool = _option(
         False, "--trust-checkpoint", panel="Model",
         help="Load a model checkpoint even if it needs arbitrary code to unpickle (only for models from a "
@@ -271,9 +319,11 @@ class PredictOptions:
     def __post_init__(self) -> None:
         set_ = object.__setattr__  # frozen: normalise once, here
         set_(self, "export", Export.parse(self.export, "export"))
+        set_(self, "precision", Precision.parse(self.precision, "precision"))
         set_(self, "output_type", OutputType.parse(self.output_type, "output type"))
         set_(self, "fold", _parse_fold(self.fold))
         set_(self, "roi_subset", _parse_names(self.roi_subset))
+        set_(self, "orientation", _parse_orientation(self.orientation))
         for name in ("models_dir", "tasks_file"):
             value = getattr(self, name)
             if value is not None and not isinstance(value, Path):
@@ -290,7 +340,7 @@ class PredictOptions:
     def speed(self) -> SpeedOptions:
         """The resolved prediction settings (the ``--fast`` preset with explicit choices on top)."""
         return resolve_speed(fast=self.fast, step_size=self.step_size, tta=self.tta, crop_body=self.crop_body,
-                             export=self.export.value)
+                             export=self.export.value, precision=self.precision.value)
 
     def model_overrides(self) -> dict[str, Any]:
         """The one-model overrides that were given (``--dataset-id``, ``--trainer``, ...)."""
@@ -354,5 +404,5 @@ def build_options(options: PredictOptions | None = None, **settings: Any) -> Pre
     return dataclasses.replace(base, **settings) if settings else base
 
 
-__all__ = ["DEFAULT_STEP", "Affects", "Export", "OptionSpec", "OutputType", "PredictOptions", "SpeedOptions",
-           "build_options", "option_fields", "resolve_speed"]
+__all__ = ["DEFAULT_STEP", "Affects", "Export", "OptionSpec", "OutputType", "Precision", "PredictOptions",
+           "SpeedOptions", "build_options", "option_fields", "resolve_speed"]

@@ -325,9 +325,11 @@ def test_continue_recomputes_for_another_model_or_other_speed_settings(tmp_path:
 
     assert run() == {"done"}
     made_with = json.loads((out / "c00.json").read_text())[MADE_WITH_KEY]
-    assert made_with["prediction"] == {"step_size": 0.5, "tta": True, "crop_body": False, "export": "torch"}
+    assert made_with["prediction"] == {"step_size": 0.5, "tta": True, "crop_body": False, "export": "torch",
+                                       "precision": "auto", "orientation": None}
     [model] = made_with["models"].values()  # one task: one model
     assert model["fold"] == "0" and len(model["checkpoint_sha256"]) == 64
+    assert model["orientation"] == "RAS"  # as the demo task table states it
     assert run() == {"skipped"}
     assert run(step_size=0.75) == {"done"}
     assert run(step_size=0.75) == {"skipped"}
@@ -346,6 +348,8 @@ def test_continue_recomputes_for_another_model_or_other_speed_settings(tmp_path:
     torch.save(weights, checkpoint)
     assert run(step_size=0.75, fast=True, export="nnunet") == {"done"}
     assert run(step_size=0.75, fast=True, export="nnunet") == {"skipped"}
+    # The model fed in another orientation (--orientation) makes other labels.
+    assert run(step_size=0.75, fast=True, export="nnunet", orientation="LPS") == {"done"}
     [model] = json.loads((out / "c00.json").read_text())[MADE_WITH_KEY]["models"].values()
     assert model["checkpoint_sha256"] == run_record.sha256_file(checkpoint)
 

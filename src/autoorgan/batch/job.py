@@ -103,6 +103,11 @@ class ProgressListener:
         """A case ended (done, skipped or failed)."""
 
 
+#: Key of :attr:`CaseContext.artifacts` with header fields (name → text) that the batch writes
+#: into the label map's file with the map (3D Slicer's segment descriptions of a ``.seg.nrrd``).
+LABEL_MAP_FIELDS = "label_map_fields"
+
+
 @dataclass
 class CaseContext:
     """What one case has produced so far, handed to post-processing steps and output writers.
@@ -331,8 +336,10 @@ class BatchJob:
             self.listener.case_stage(case.case_id, "writing")
             if self.write_label_map:
                 written = time.perf_counter()
-                digest, wrote_label_map = write_image_digest(image_from_array(ctx.labels, volume.geometry),
-                                                             out.label_map)
+                image = image_from_array(ctx.labels, volume.geometry)
+                for key, value in ctx.artifacts.get(LABEL_MAP_FIELDS, {}).items():
+                    image.SetMetaData(key, value)
+                digest, wrote_label_map = write_image_digest(image, out.label_map)
                 ctx.sidecar["label_map"] = out.label_map.name
                 ctx.sidecar[LABEL_SHA256_KEY], ctx.sidecar[LABEL_SIZE_KEY] = digest.sha256, digest.size
                 timing["write"] = time.perf_counter() - written

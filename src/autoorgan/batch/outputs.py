@@ -25,8 +25,9 @@ log = logging.getLogger(__name__)
 
 LABEL_SUFFIX = ".nii.gz"
 SIDECAR_SUFFIX = ".json"
-#: Other per-case files are named ``<case>.<infix>.<ending>`` (statistics, DICOM SEG, failure record).
-CASE_FILE_INFIXES = ("stats", "seg", "error")
+#: Other per-case files are named ``<case>.<infix>.<ending>`` (statistics, DICOM SEG, RT structure set,
+#: failure record).
+CASE_FILE_INFIXES = ("stats", "seg", "rtstruct", "error")
 #: Case ids that cannot be told apart from another case's files: the sidecar of case ``x.error``
 #: would be ``x.error.json``, the failure record of case ``x`` (likewise ``x.stats.json``, the
 #: statistics of ``x``). Such cases are refused with one line naming the file (rename it).
@@ -57,7 +58,7 @@ class CaseOutputs:
 
     folder: Path
     case_id: str
-    #: File ending of the label map: ``.nii.gz`` (default) or ``.nrrd`` (``--output-type nrrd``).
+    #: File ending of the label map: ``.nii.gz`` (default), ``.nrrd`` or ``.seg.nrrd`` (``--output-type``).
     label_suffix: str = LABEL_SUFFIX
 
     @property

@@ -288,8 +288,17 @@ def install_weights(
     max_ratio: Annotated[float | None, typer.Option("--max-ratio", help="Refuse a member that unpacks to more "
                                                     "than this many times its packed size (zip bombs) "
                                                     "(default 100).", show_default=False)] = None,
+    calibrate_with: Annotated[list[Path] | None, typer.Option(
+        "--calibrate-with", metavar="CT", help="Then find the orientation each installed model was trained in "
+        "from this CT (see 'autoorgan calibrate'); repeat for several.", show_default=False)] = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="With --calibrate-with: auto, cpu, cuda, cuda:N "
+                                        "or mps.")] = "auto",
 ) -> None:
-    """Install a model archive into the models folder and say which task it serves."""
+    """Install a model archive into the models folder and say which task it serves.
+
+    With --calibrate-with CT, each task the archive serves is calibrated right after (see
+    'autoorgan calibrate'); a refused calibration leaves the model installed and exits 1.
+    """
     from autoorgan import api
 
     installed = _run(api.install_weights, archive=archive, models_dir=models_dir, tasks_file=tasks_file,
@@ -305,6 +314,64 @@ def install_weights(
             verdict = ("labels match the task table" if note is None
                        else f"[yellow]labels differ: {terminal_safe(note)}[/]")
             out.print(f"  serves task '{name}': {verdict}", highlight=False)
+    if calibrate_with:
+        for name in sorted({name for model in installed for name in model.tasks}):
+            calibrate(task=name, inputs=calibrate_with, models_dir=models_dir, tasks_file=tasks_file, device=device,
+                      min_margin=None, dry_run=False, quiet=False)
+
+
+@app.command()
+def calibrate(
+    task: TaskOpt,
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="A CT whose geometry is right (file or "
+                                               "DICOM series folder); repeat for several.", show_default=False,
+                                               metavar="CT")],
+    models_dir: ModelsDirOpt = None,
+    tasks_file: TasksFileOpt = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="auto (CUDA if available), cpu, cuda, cuda:N "
+                                        "or mps.")] = "auto",
+    min_margin: Annotated[float | None, typer.Option(
+        "--min-margin", min=0.0, help="Least lead of the winner over the best orientation with other labels "
+        "(default 0.1).", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the result without recording it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Find the orientation a model was trained in, and record it beside the model.
+
+    nnU-Net learns the storage order of its training arrays and ignores direction matrices. This
+    runs the installed model on the CT in all 48 axis-aligned orientations (a box around the
+    body's centre), scores each by anatomy (left/right structures on their side, vertebrae and
+    ribs in head-to-feet order, organs on their side), the model's certainty, how coherent its
+    labels are and how much it finds, and records the winner in the model's folder
+    (autoorgan_calibration.json): 'predict', 'export-weights' and 'install-weights' carry it along.
+    It refuses (exit 1, nothing recorded) when the winner's margin over the best orientation
+    with other labels is too small; try another CT, or several.
+
+    Example:
+
+      autoorgan calibrate --task ribs -i chest_ct.nii.gz
+    """
+    from autoorgan import api
+    from autoorgan.cli.calibrate import candidate_progress, candidate_table, summary
+    from autoorgan.runs.calibrate import CalibrationRefused
+
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        with candidate_progress(console, task, enabled=not quiet) as progress:
+            result = api.calibrate(task, inputs, models_dir=models_dir, tasks_file=tasks_file, device=device,
+                                   min_margin=min_margin, write=not dry_run, progress=progress)
+    except CalibrationRefused as exc:
+        out.print(candidate_table(exc.calibration))
+        out.print(summary(exc.calibration), highlight=False)
+        _fail(str(exc), exc.exit_code)
+    except AutoOrganError as exc:
+        _fail(str(exc), exc.exit_code)
+    out.print(candidate_table(result))
+    out.print(summary(result), highlight=False)
+    where = "not recorded (--dry-run)" if result.record_path is None else f"recorded in {result.record_path}"
+    out.print(terminal_safe(f"task '{result.task.name}': orientation {result.winner.codes}, {where}"),
+              highlight=False, soft_wrap=True)
 
 
 @app.command()
@@ -535,6 +602,35 @@ def repair(
         console.print(f"  [red]failed[/] {terminal_safe(what)}", highlight=False, markup=True, soft_wrap=True)
     if failed:
         raise typer.Exit(1)
+
+
+@app.command()
+def view(
+    output: Annotated[Path, typer.Argument(help="An output folder of autoorgan predict.", show_default=False)],
+    port: Annotated[int, typer.Option("--port", help="Port on 127.0.0.1 (0: any free port).")] = 0,
+    no_browser: Annotated[bool, typer.Option("--no-browser", help="Print the address; do not open a "
+                                             "browser.")] = False,
+) -> None:
+    """Look at the results in the browser: each case's CT and label map in 3D (NiiVue).
+
+    Serves the output folder on 127.0.0.1 only, under a random address, until Ctrl+C; the
+    overview (index.html) links each case to its viewer page.
+    """
+    import webbrowser
+
+    from autoorgan.viewer.server import start
+
+    server = _run(start, output, port, background=False)
+    out.print(f"serving {terminal_safe(output)} at {server.url} (Ctrl+C to stop)", highlight=False,
+              soft_wrap=True)
+    if not no_browser:
+        webbrowser.open(server.url)
+    try:
+        server.serve_forever()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        server.httpd.server_close()
 
 
 def main() -> None:

@@ -20,6 +20,10 @@ The parts, one job each:
   so only loading a model imports it.
 - :mod:`~autoorgan.engine.training`: planning, preprocessing and training (:func:`train`).
 - :mod:`~autoorgan.engine.export`: nnU-Net's export and install of model archives.
+- :mod:`~autoorgan.engine.precision`: the network's precision on the CPU (``--precision``):
+  bfloat16 where the CPU has it natively (:func:`resolve_precision`), unless the model's check
+  says its bfloat16 labels do not agree with its float32 ones; :mod:`~autoorgan.engine.agreement`
+  measures that agreement.
 - :mod:`~autoorgan.engine.fast_export`, :mod:`~autoorgan.engine.body`,
   :mod:`~autoorgan.engine.cpu_runtime`: the streamed torch export, the body's bounding box, and
   the CPU settings of the sliding window.
@@ -33,6 +37,7 @@ from __future__ import annotations
 from autoorgan.engine.device import resolve_device
 from autoorgan.engine.export import EXPORT_FOLD_FILES, EXPORT_MODEL_FILES, export_model, install_model_archive
 from autoorgan.engine.nnunet_env import SUPPORTED_NNUNET, NnUNetPaths, nnunet_environment, nnunet_version
+from autoorgan.engine.precision import PrecisionChoice, cpu_bf16_support, resolve_precision
 from autoorgan.engine.safety import (
     LAYER_PACKAGE,
     NETWORK_PACKAGE,
@@ -60,6 +65,7 @@ __all__ = [
     "SUPPORTED_NNUNET",
     "TILE_BATCH_ACTIVATIONS",
     "NnUNetPaths",
+    "PrecisionChoice",
     "Segmenter",
     "TrainingSchedule",
     "UnsafeCheckpoint",
@@ -67,6 +73,7 @@ __all__ = [
     "apply_plans_override",
     "check_model_code",
     "checkpoint_summary",
+    "cpu_bf16_support",
     "dataset_name",
     "export_model",
     "install_model_archive",
@@ -76,6 +83,7 @@ __all__ = [
     "nonzero_box_vanishes",
     "plan_and_preprocess",
     "resolve_device",
+    "resolve_precision",
     "tile_batch_size",
     "train",
     "trainer_class",

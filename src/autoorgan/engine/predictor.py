@@ -7,6 +7,7 @@ loaded, never at command-line start-up.
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -29,7 +30,9 @@ class BatchedTilePredictor(nnUNetPredictor):
     weights and the half-precision sums in the same tile order. With ``tile_batch`` 1, or on a
     GPU, nnU-Net's own loop runs for the whole image. On the CPU the sliding window runs under
     :func:`autoorgan.engine.cpu_runtime.network_settings` (freed memory reused from tile to tile):
-    faster, and the logits stay nnU-Net's bit for bit.
+    faster, and the logits stay nnU-Net's bit for bit. With :attr:`cpu_bf16` the network's calls
+    on the CPU run under bfloat16 autocast, their outputs cast back to float32 before anything
+    else touches them (:mod:`autoorgan.engine.precision`).
     """
 
     #: Set by nnU-Net when the model is loaded.
@@ -42,6 +45,9 @@ class BatchedTilePredictor(nnUNetPredictor):
     progress: Callable[[int, int], None] | None = None
     _tiles_done: int = 0
     _tiles_total: int = 0
+    #: The network's calls run under bfloat16 autocast on the CPU (``--precision``, see
+    #: :mod:`autoorgan.engine.precision`); everything around them stays float32.
+    cpu_bf16: bool = False
 
     def start_progress(self, tiles: int) -> None:
         """A prediction of ``tiles`` sliding-window tiles per set of parameters begins."""
@@ -60,11 +66,35 @@ class BatchedTilePredictor(nnUNetPredictor):
             self._end_progress()
 
     def _internal_maybe_mirror_and_predict(self, x: Any) -> Any:
-        prediction = super()._internal_maybe_mirror_and_predict(x)
+        if self.cpu_bf16 and x.device.type == "cpu":
+            prediction = self._mirror_and_predict_bf16(x)
+        else:
+            prediction = super()._internal_maybe_mirror_and_predict(x)
         if self._tiles_total:
             self._tiles_done = min(self._tiles_done + int(x.shape[0]), self._tiles_total)
             if self.progress is not None:
                 self.progress(self._tiles_done, self._tiles_total)
+        return prediction
+
+    def _network_bf16(self, x: Any) -> Any:
+        """One network call under bfloat16 autocast, its output back in float32."""
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            output = self.network(x)
+        return output.float()
+
+    def _mirror_and_predict_bf16(self, x: Any) -> Any:
+        """nnU-Net's ``_internal_maybe_mirror_and_predict`` with each network call in bfloat16: the
+        same mirroring combinations in the same order, summed and averaged in float32."""
+        prediction = self._network_bf16(x)
+        mirror_axes = self.allowed_mirroring_axes if self.use_mirroring else None
+        if mirror_axes is not None:
+            if max(mirror_axes) > x.ndim - 3:
+                raise ValueError("mirror_axes does not match the dimension of the input")
+            axes = [m + 2 for m in mirror_axes]
+            combinations = [c for i in range(len(axes)) for c in itertools.combinations(axes, i + 1)]
+            for flipped in combinations:
+                prediction += torch.flip(self._network_bf16(torch.flip(x, flipped)), flipped)
+            prediction /= len(combinations) + 1
         return prediction
 
     def _accumulate(self, data: Any, slicers: Any, corner: Sequence[int], shape: Sequence[int],

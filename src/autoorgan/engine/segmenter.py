@@ -72,6 +72,11 @@ class Segmenter:
     tile_batch:
         Sliding-window tiles per network call on the CPU (``None``: :func:`tile_batch_size`
         decides). Only how the tiles are grouped changes, not what is computed.
+    precision:
+        ``"fp32"`` (default), ``"bf16"`` or ``"auto"`` (``--precision``): the network's precision on
+        the CPU, resolved for this machine and model by
+        :func:`autoorgan.engine.precision.resolve_precision`; :attr:`precision` and
+        :attr:`precision_reason` say what runs and why.
     trust_checkpoint:
         Load a checkpoint that needs code to unpickle, skip
         :func:`~autoorgan.engine.safety.check_model_code` on ``plans.json`` and let nnU-Net look
@@ -83,14 +88,22 @@ class Segmenter:
     def __init__(self, model_folder: Path, fold: int | str, device: Any, *, tile_step_size: float = 0.5,
                  checkpoint_name: str = "checkpoint_final.pth", trust_checkpoint: bool = False,
                  use_mirroring: bool = True, export: str = "torch", crop_body: bool = False,
-                 tile_batch: int | None = None):
+                 tile_batch: int | None = None, precision: str = "fp32"):
         from nnunetv2.utilities.label_handling.label_handling import determine_num_input_channels
         from nnunetv2.utilities.plans_handling.plans_handler import PlansManager
 
+        from autoorgan.engine.precision import resolve_precision
         from autoorgan.engine.predictor import BatchedTilePredictor, torch_export_applies
 
         self.model_folder = Path(model_folder)
         self.device = device
+        choice = resolve_precision(precision, device, self.model_folder)
+        #: The precision the network runs in (``fp32``, ``bf16``, or ``fp16``: nnU-Net's CUDA autocast).
+        self.precision = choice.precision
+        #: Why (the machine's bfloat16 support, the model's check, or the request).
+        self.precision_reason = choice.reason
+        if choice.emulated:
+            log.warning("bfloat16 requested but this CPU has no native bfloat16: emulated, slower than float32")
         # The checkpoint is unpickled here, safely, instead of by nnU-Net's loader (full pickle);
         # the network is built and handed over exactly as nnU-Net's own loader does it.
         checkpoint = load_checkpoint(self.model_folder / f"fold_{fold}" / checkpoint_name, trust=trust_checkpoint)
@@ -127,6 +140,7 @@ class Segmenter:
             )
         predictor.tile_batch = tile_batch if tile_batch is not None else tile_batch_size(
             configuration_manager.patch_size, configuration_manager.network_arch_init_kwargs, device)
+        predictor.cpu_bf16 = choice.cpu_bf16
         self._predictor = predictor
         if export not in ("torch", "nnunet"):
             raise ValueError(f"unknown export '{export}'; use torch or nnunet")
@@ -137,7 +151,13 @@ class Segmenter:
         self.last_timing: dict[str, float] = {}
         #: Sliding-window tiles the last :meth:`predict` ran, and how many cover the whole image.
         self.last_tiles: tuple[int, int] = (0, 0)
-        log.debug("loaded %s fold %s on %s (export: %s)", self.model_folder, fold, device, self.export)
+        #: Measure :attr:`last_confidence` in :meth:`predict` (costs a softmax over the logits).
+        self.measure_confidence = False
+        #: With :attr:`measure_confidence`: the last prediction's mean top softmax probability over
+        #: its foreground voxels, and its foreground volume (ml), on the network's grid.
+        self.last_confidence: tuple[float, float] | None = None
+        log.debug("loaded %s fold %s on %s (export: %s, precision: %s: %s)", self.model_folder, fold, device,
+                  self.export, self.precision, self.precision_reason)
 
     @property
     def progress(self) -> Callable[[int, int], None] | None:
@@ -157,6 +177,11 @@ class Segmenter:
     @property
     def patch_size(self) -> tuple[int, ...]:
         return tuple(int(p) for p in self._predictor.configuration_manager.patch_size)
+
+    @property
+    def working_spacing(self) -> tuple[float, ...]:
+        """The spacing (mm) of the network's grid, in the order of :attr:`patch_size`."""
+        return tuple(float(t) for t in self._predictor.configuration_manager.spacing)
 
     def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
                 roi: tuple[slice, slice, slice] | None = None) -> np.ndarray:
@@ -238,6 +263,9 @@ class Segmenter:
                 logits, corner = predictor.predict_logits_for_region(tensor, needed)
             logits = logits.cpu()
             self.last_tiles = predictor.last_tiles
+            if self.measure_confidence:
+                self.last_confidence = foreground_confidence(
+                    logits, [float(t) for t in predictor.configuration_manager.spacing])
             del tensor
             predicted = time.perf_counter()
             seg = self._export(logits, properties, working_shape=working_shape, corner=corner, region=region)
@@ -302,6 +330,27 @@ class Segmenter:
         return export_labels(logits, properties, transpose_backward=predictor.plans_manager.transpose_backward,
                              nearest_axis=self._nearest_axis(properties), label_dtype=dtype,
                              working_shape=working_shape, logits_start=corner, region=region)
+
+
+def foreground_confidence(logits: Any, working_spacing: Sequence[float]) -> tuple[float, float]:
+    """The model's confidence in its foreground: the mean top softmax probability over the voxels of
+    each structure it labels, averaged over the structures; and the foreground volume (ml) of
+    ``logits`` (classes first, on a grid of ``working_spacing`` mm).
+
+    A model fed arrays the way it was trained is sure of its foreground; fed them permuted or
+    flipped it is less so (used by ``autoorgan calibrate``).
+    """
+    import torch
+
+    with torch.no_grad():
+        probabilities = torch.softmax(logits.float(), dim=0)
+        top, classes = probabilities.max(dim=0)
+        foreground = classes > 0
+        count = int(foreground.sum())
+        # Each structure counts once, whatever its size: a small one the model is unsure of
+        # weighs as much as a large one it finds anyway.
+        means = [float(top[classes == c].mean()) for c in torch.unique(classes[foreground]).tolist()]
+    return (float(np.mean(means)) if means else 0.0), count * float(np.prod(working_spacing)) / 1000.0
 
 
 #: Above this many first-stage activations per tile (patch voxels × first-stage features) one

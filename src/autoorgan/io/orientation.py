@@ -19,6 +19,41 @@ from nibabel import orientations
 # ITK/DICOM world coordinates are LPS; nibabel's are RAS.
 _LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0])
 
+#: What a model whose training orientation nobody recorded is assumed to take (nnU-Net's own
+#: ``NibabelIOWithReorient`` reader, and TotalSegmentator's data, are RAS).
+DEFAULT_ORIENTATION = "RAS"
+#: The word for "feed the arrays as stored" in task tables, options and records.
+NATIVE = "native"
+
+
+def all_axcodes() -> list[str]:
+    """The 48 axis-aligned orientations (every order of the three axes, each either way)."""
+    from itertools import permutations, product
+
+    pairs = (("R", "L"), ("A", "P"), ("S", "I"))
+    codes = []
+    for order in permutations(range(3)):
+        for signs in product((0, 1), repeat=3):
+            codes.append("".join(pairs[axis][sign] for axis, sign in zip(order, signs, strict=True)))
+    return codes
+
+
+def parse_orientation(value: str) -> str | None:
+    """Axis codes (``"lps"`` → ``"LPS"``), or ``None`` for :data:`NATIVE` (as stored); ``ValueError``
+    for anything else."""
+    text = value.strip().upper()
+    if text in {"NATIVE", "NONE", ""}:
+        return None
+    if text not in _AXCODES:
+        raise ValueError(f"orientation must be three axis codes such as RAS or LPS (one of R/L, A/P, S/I each), "
+                         f"or {NATIVE}, got {value!r}")
+    return text
+
+
+def orientation_label(codes: str | None) -> str:
+    """``codes`` for records and messages: the codes, or :data:`NATIVE`."""
+    return NATIVE if codes is None else codes
+
 
 def direction_to_axcodes(direction: np.ndarray) -> str:
     """Nibabel axis codes of an ITK direction matrix (columns are the index axes in LPS world)."""
@@ -121,3 +156,6 @@ def plan_reorientation(direction: np.ndarray, target_codes: str | None) -> Reori
         orientations.axcodes2ornt(source), orientations.axcodes2ornt(target)
     )
     return Reorientation(source_codes=source, target_codes=target, forward=forward.astype(int))
+
+
+_AXCODES = frozenset(all_axcodes())

@@ -110,26 +110,67 @@ def dataset_folders(models_dir: Path, dataset_id: int) -> list[Path]:
 
 @dataclass(frozen=True)
 class ModelLocation:
-    """A task's installed model: the trainer/plans/configuration folder and the fold's checkpoint."""
+    """A task's installed model: the trainer/plans/configuration folder and the fold's checkpoint.
+
+    ``stands_in_for`` names the task's configured folder when it is missing and this, the
+    dataset's only other model folder with the fold, is used instead (see :func:`find_model`).
+    """
 
     folder: Path
     checkpoint: Path
+    stands_in_for: str | None = None
 
     @property
     def dataset_json(self) -> Path:
         return self.folder / "dataset.json"
 
+    @property
+    def model_parts(self) -> tuple[str, str, str]:
+        """Trainer, plans and configuration, from the folder's name."""
+        trainer, plans, configuration = (self.folder.name.split("__") + ["", "", ""])[:3]
+        return trainer, plans, configuration
+
+    def note(self) -> str | None:
+        """The one line said when the model stands in for the task's configured folder."""
+        if self.stands_in_for is None:
+            return None
+        return (f"no {self.stands_in_for} in {self.folder.parent}; using its only other model, {self.folder.name} "
+                "(pick another with --trainer, --plans and --configuration)")
+
+
+def _is_model(folder: Path, fold_folder: str) -> bool:
+    return ((folder / fold_folder / CHECKPOINT_NAME).is_file() and (folder / "plans.json").is_file()
+            and (folder / "dataset.json").is_file())
+
 
 def find_model(task: Task, models_dir: Path) -> ModelLocation | None:
     """The installed model of ``task`` in ``models_dir``, or ``None``. A task whose model ships in
     the package (:attr:`~autoorgan.registry.tasks.Task.models_dir`, the demo) is looked for there,
-    whatever ``models_dir`` is."""
+    whatever ``models_dir`` is.
+
+    Model folders as released do not always carry the trainer, plans and configuration the task
+    table names (nnU-Net's default trainer, for one). When the configured folder is missing but
+    the dataset holds exactly one other model folder with the fold, that one is used
+    (:attr:`ModelLocation.stands_in_for`); with several, :class:`ModelNotFoundError` lists them
+    and the options that pick one.
+    """
     models_dir = task.models_dir or models_dir
-    for dataset in dataset_folders(models_dir, task.dataset_id):
+    datasets = dataset_folders(models_dir, task.dataset_id)
+    for dataset in datasets:
         folder = dataset / task.model_subfolder
-        checkpoint = folder / task.fold_folder / CHECKPOINT_NAME
-        if checkpoint.is_file() and (folder / "plans.json").is_file() and (folder / "dataset.json").is_file():
-            return ModelLocation(folder=folder, checkpoint=checkpoint)
+        if _is_model(folder, task.fold_folder):
+            return ModelLocation(folder=folder, checkpoint=folder / task.fold_folder / CHECKPOINT_NAME)
+    others = [folder for dataset in datasets for folder in sorted(dataset.iterdir())
+              if folder.is_dir() and folder.name.count("__") == 2 and _is_model(folder, task.fold_folder)]
+    if len(others) == 1:
+        return ModelLocation(folder=others[0], checkpoint=others[0] / task.fold_folder / CHECKPOINT_NAME,
+                             stands_in_for=task.model_subfolder)
+    if len(others) > 1:
+        raise ModelNotFoundError(
+            f"no {task.model_subfolder} for task '{task.name}' in {describe_models_dir(models_dir)}, but "
+            f"{len(others)} other model folders of dataset {task.dataset_id} with {task.fold_folder}: "
+            f"{', '.join(f.name for f in others)}; pick one with --trainer, --plans and --configuration "
+            "(or in a --tasks-file)")
     return None
 
 
@@ -419,6 +460,9 @@ def _plan_one(folder: Path, unpacked: Path, models_dir: Path, registry: TaskRegi
     # A task whose model ships inside the package (the demo) never uses an installed one.
     serves = [t for t in registry.values() if t.dataset_id == dataset_id and t.model_subfolder == rel.parts[1]
               and t.models_dir is None]
+    if not serves:  # a model folder as released, used where the configured one is missing (see find_model)
+        serves = [t for t in registry.values() if t.dataset_id == dataset_id and t.models_dir is None
+                  and not (models_dir / rel.parts[0] / t.model_subfolder).is_dir()]
     notes = {t.name: label_mismatch(t, model_labels) for t in serves}
     return _Planned(folder, InstalledModel(folder=target, dataset_id=dataset_id, folds=folds,
                                            tasks=tuple(t.name for t in serves), label_notes=notes))

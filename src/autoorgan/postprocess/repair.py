@@ -61,9 +61,15 @@ class RepairResult:
     def changed_voxels(self) -> int:
         return sum(int(s["changed_voxels"]) for s in self.steps)
 
+    @property
+    def flags(self) -> list[str]:
+        """What a person should look at: numbering series the steps could not make consistent."""
+        return [f"{s['step']}: {flag}" for s in self.steps for flag in s.get("flags", [])]
+
     def report(self) -> dict[str, Any]:
-        """The sidecar's ``postprocess`` section."""
-        return {"steps": self.steps, "changed_voxels": self.changed_voxels}
+        """The sidecar's ``postprocess`` section: per step what it changed (with, per renumbered or
+        merged piece, the rule and anchor) and the flags of all steps."""
+        return {"steps": self.steps, "changed_voxels": self.changed_voxels, "flags": self.flags}
 
 
 def applicable_steps(names: Mapping[int, str], companions: Companions | None = None) -> list[str]:
@@ -115,7 +121,7 @@ def repair_labels(labels: np.ndarray, geometry: Geometry, names: Mapping[int, st
     shared = _SharedComponents()
     for step in steps:
         start = time.perf_counter()
-        new, details = _run_step(step, current, geometry, names, cropped, options, shared)
+        new, details = _run_step(step, current, _cropped_geometry(geometry, box), names, cropped, options, shared)
         changed = int(np.count_nonzero(new != current)) if new is not current else 0
         result.steps.append({"step": step, "changed_voxels": changed, **details,
                              "seconds": round(time.perf_counter() - start, 3)})
@@ -138,6 +144,17 @@ def repair_labels(labels: np.ndarray, geometry: Geometry, names: Mapping[int, st
     if out is not None:
         result.labels = out
     return result
+
+
+def _cropped_geometry(geometry: Geometry, box: tuple[slice, ...]) -> Geometry:
+    """The grid of ``box`` cut out of ``geometry``: steps that place things in world coordinates
+    (not only by differences) see the world position of the cropped array's voxels."""
+    start = np.array([s.start for s in box], dtype=float)
+    origin = np.asarray(geometry.origin, dtype=float) + geometry.direction_matrix @ (
+        np.asarray(geometry.spacing, dtype=float) * start)
+    size = tuple(int(s.stop - s.start) for s in box)
+    return Geometry(size=(size[0], size[1], size[2]), spacing=geometry.spacing,
+                    origin=(float(origin[0]), float(origin[1]), float(origin[2])), direction=geometry.direction)
 
 
 def _crop(array: np.ndarray | None, box: tuple[slice, ...]) -> np.ndarray | None:

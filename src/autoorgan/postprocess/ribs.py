@@ -14,6 +14,7 @@ case (e.g. the two task maps of a multi-task run).
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -23,6 +24,7 @@ from scipy.sparse.csgraph import connected_components
 from autoorgan.io.image import Geometry
 from autoorgan.postprocess.components import Components, components_of, occupied_box
 from autoorgan.postprocess.frame import PatientFrame, is_midline, mask_of, rib_of
+from autoorgan.postprocess.series import Member, UnionFind, number_series, usual_spacing
 from autoorgan.postprocess.sides import Midline, find_midline
 from autoorgan.postprocess.vertebrae import vertebra_values
 
@@ -50,11 +52,24 @@ def fix_ribs(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], *
     if len(comps.of_labels(list(ribs))) == 0:
         return labels, {"fragments_merged": 0, "ribs_renumbered": 0}
     lut, merged = _merge_fragments(comps, ribs)
+    changes = [{"piece": names[int(comps.label[c])], "to": names[int(lut[c])], "voxels": int(comps.sizes[c]),
+                "rule": "fragment joins the rib it is attached to", "anchor": names[int(lut[c])]}
+               for c in comps.existing() if lut[c] != comps.label[c]]
+    merged_lut = lut
+    names_by = {n: v for v, n in names.items()}
+    lut, series_changes, flags = _series_ribs(comps, lut, geometry, names, ribs)
     if vertebrae is None and vertebra_values(names):
         vertebrae, vertebra_names = labels, names
     lut, details = _renumber(comps, lut, geometry, names, ribs, vertebrae, vertebra_names)
+    changes += series_changes + details.pop("changes", [])
+    # Ribs renumbered: the labels whose bones (not only a part of one) carry another number now.
+    details["ribs_renumbered"] = len({int(merged_lut[c]) for c in comps.existing() if lut[c] != merged_lut[c]}
+                                     - {names_by[c["piece"]] for c in series_changes if c["rule"] == "one bone, one label"})
     changed = np.flatnonzero(lut != comps.label)
-    return (comps.apply(lut) if len(changed) else labels), {"fragments_merged": merged, **details}
+    report = {"fragments_merged": merged + sum(1 for c in series_changes if c["rule"] == "one bone, one label"),
+              **details,
+              "changes": changes, "flags": flags}
+    return (comps.apply(lut) if len(changed) else labels), report
 
 
 def anchor_rib_numbers(ribs: np.ndarray, vertebrae: np.ndarray, geometry: Geometry, *,
@@ -125,6 +140,11 @@ def _renumber(comps: Components, lut: np.ndarray, geometry: Geometry, names: Map
             table[old] = new
         lut = table[lut]
         details["renumbered"] = {names[o]: names[n] for o, n in sorted(remap.items())}
+        rule = ("rib k meets vertebra Tk: shift of the side's numbers undone" if method == "vertebrae"
+                else "rib numbers in head-to-feet order of their heads")
+        details["changes"] = [{"piece": names[o], "to": names[n], "rule": rule,
+                               "anchor": "vertebra levels of the rib heads" if method == "vertebrae"
+                               else "rib head heights"} for o, n in sorted(remap.items())]
     return lut, details
 
 
@@ -296,3 +316,225 @@ def _order_by_height(all_heads: Mapping[int, float | None], ribs: Mapping[int, t
             continue
         remap.update({old: new for old, new in zip(by_height, mine, strict=True) if old != new})
     return remap
+
+
+#: Sides of the square cells (mm, in the patient's axial plane) in which neighbouring ribs are
+#: compared: two ribs that share cells lie one above the other there.
+_CELLS_MM = (8.0, 16.0, 32.0, 64.0)
+#: Pieces smaller than this share of their side's largest piece do not count as series members.
+_MIN_MEMBER_SHARE = 0.05
+#: Points per piece from which its cell heights are taken (an even sample of larger pieces).
+_MAX_CELL_POINTS = 40_000
+
+
+@dataclass
+class _Piece:
+    """Touching components of one rib label: one bone or part of one."""
+
+    comps: list[int]
+    value: int
+    size: int
+    height: float  # mean head coordinate (mm)
+    #: Per cell size of :data:`_CELLS_MM`: sorted cell keys in the axial plane and the mean head
+    #: coordinate in each cell.
+    cells: list[tuple[np.ndarray, np.ndarray]]
+
+
+#: Cells are laid out in world coordinates, shifted off round millimetres, so that every storage
+#: order of a map puts the same voxels in the same cells.
+_CELL_SHIFT_MM = 0.173
+
+
+def _rib_pieces(comps: Components, lut: np.ndarray, geometry: Geometry, values: list[int]) -> list[_Piece]:
+    """Rib pieces of the given label values: the components of one label joined where they touch."""
+    frame = PatientFrame.of(geometry)
+    origin = np.asarray(geometry.origin, dtype=float)
+    mine = [c for c in comps.existing() if int(lut[c]) in values]
+    index = {c: i for i, c in enumerate(mine)}
+    groups = UnionFind(len(mine))
+    for c in mine:  # components of one label never touch, unless one was given another's label
+        if lut[c] == comps.label[c]:
+            continue
+        for other in comps.neighbours(c):
+            if other in index and lut[other] == lut[c]:
+                groups.union(index[c], index[other])
+    pieces = []
+    for group in groups.groups():
+        members = [mine[i] for i in group]
+        points = comps.points(members)
+        size = len(points)
+        if size > _MAX_CELL_POINTS:  # the cell heights need no more than an even sample
+            points = points[:: -(-size // _MAX_CELL_POINTS)]
+        # World position (LPS: x towards the left, y posterior, z towards the head) in mm.
+        left = frame.left(points) + origin[0] + _CELL_SHIFT_MM
+        ant = frame.anterior(points) - origin[1] + _CELL_SHIFT_MM
+        head = frame.head(points)
+        cells = []
+        for cell in _CELLS_MM:
+            key = np.floor(left / cell).astype(np.int64) * 100_003 + np.floor(ant / cell).astype(np.int64)
+            keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+            cells.append((keys, np.bincount(inverse, weights=head) / counts))
+        pieces.append(_Piece(members, int(lut[members[0]]), size, float(head.mean()), cells))
+    return pieces
+
+
+def _height_difference(a: _Piece, b: _Piece) -> tuple[float, float]:
+    """Weight of the comparison of two pieces and the median height of ``a`` above ``b`` where
+    they share cells of the axial plane: the smallest cells they share, each coarser size
+    weighing a quarter as much (pieces of different parts of two ribs are compared coarsely)."""
+    weight = 1.0
+    for (keys_a, heights_a), (keys_b, heights_b) in zip(a.cells, b.cells, strict=True):
+        _, ia, ib = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
+        if len(ia):
+            return weight * len(ia), float(np.median(heights_a[ia] - heights_b[ib]))
+        weight /= 4.0
+    return 0.0, 0.0
+
+
+def _series_ribs(comps: Components, lut: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+                 ribs: Mapping[int, tuple[str, int]]) -> tuple[np.ndarray, list[dict[str, Any]], list[str]]:
+    """Each side's ribs made one ordered run of distinct numbers (see :mod:`autoorgan.postprocess.series`).
+
+    Rib pieces (touching components of one label) are compared where they share cells of the
+    axial plane: a piece lying a rib spacing above another there is a different rib (*stacked*).
+    Pieces that touch and are not stacked are one bone (a label boundary along one rib); pieces of
+    one label that are not stacked and lie at the same place of the series are one rib cut apart.
+    Each rib then takes the number the series needs, changing as few voxels as possible.
+    """
+    by_name = {n: v for v, n in names.items()}
+    changes: list[dict[str, Any]] = []
+    flags: list[str] = []
+    lut = lut.copy()
+    for side in ("left", "right"):
+        values = [v for v, (s, _) in ribs.items() if s == side]
+        pieces = _rib_pieces(comps, lut, geometry, values)
+        if len(pieces) < 2:
+            continue
+        biggest = max(p.size for p in pieces)
+        pieces = [p for p in pieces if p.size >= _MIN_MEMBER_SHARE * biggest]
+        if len(pieces) < 2:
+            continue
+        count = len(pieces)
+        shared = np.zeros((count, count))
+        above = np.zeros((count, count))
+        for i in range(count):
+            for j in range(i + 1, count):
+                n, d = _height_difference(pieces[i], pieces[j])
+                shared[i, j] = shared[j, i] = n
+                above[i, j], above[j, i] = d, -d
+        close = shared >= _CLOSE_WEIGHT  # compared in fine cells: the height difference is evidence
+        different = [abs(above[i, j]) for i in range(count) for j in range(i + 1, count)
+                     if close[i, j] and pieces[i].value != pieces[j].value]
+        spacing = usual_spacing([0.0, *different], _MIN_STACK_MM) if different else None
+        stack_mm = max(0.5 * spacing, _MIN_STACK_MM) if spacing else _MIN_STACK_MM
+        stacked = {(i, j) for i in range(count) for j in range(count) if close[i, j] and abs(above[i, j]) >= stack_mm}
+        offset = _offsets(pieces, shared, above)
+        groups = UnionFind(count, stacked)
+        # Pieces that share fine cells without being stacked may be one bone: do they touch?
+        touching: set[tuple[int, int]] = set()
+        for i in range(count):
+            for j in range(i + 1, count):
+                if not close[i, j] or (i, j) in stacked:
+                    continue
+                small = min(i, j, key=lambda k: pieces[k].size)
+                other_comps = set(pieces[j if small == i else i].comps)
+                if any(o in other_comps for c in pieces[small].comps for o in comps.neighbours(c)):
+                    touching.add((i, j))
+        for i, j in sorted(touching):
+            groups.union(i, j)
+        for i in range(count):
+            for j in range(i + 1, count):
+                if pieces[i].value == pieces[j].value:
+                    groups.union(i, j)
+        ribs_found = groups.groups()
+        members, order = _members(ribs_found, pieces, offset, ribs, stacked, above)
+        numbers = list(range(1, 13))
+        assigned = number_series([members[k] for k in order], numbers, spacing)
+        if assigned is None:
+            flags.append(f"{side} ribs: {len(order)} ribs found, more than 12 numbers")
+            continue
+        for rank, k in enumerate(order):
+            target = by_name.get(f"rib_{side}_{assigned[rank]}")
+            if target is None:
+                flags.append(f"{side} ribs: no label rib_{side}_{assigned[rank]} in the table")
+                continue
+            group = ribs_found[k]
+            for i in group:
+                piece = pieces[i]
+                if piece.value == target:
+                    continue
+                one_bone = any(pieces[j].value == target and (min(i, j), max(i, j)) in touching for j in group)
+                neighbours = [names[by_name[f"rib_{side}_{assigned[r]}"]] for r in (rank - 1, rank + 1)
+                              if 0 <= r < len(order) and f"rib_{side}_{assigned[r]}" in by_name]
+                anchor = "series: " + (", ".join(neighbours) if neighbours else "no neighbour")
+                changes.append({
+                    "piece": names[piece.value], "to": names[target], "voxels": piece.size,
+                    "rule": "one bone, one label" if one_bone else "one rib per number, in head-to-feet order",
+                    "anchor": f"the rest of its bone ({names[target]}); {anchor}" if one_bone else anchor})
+                for c in piece.comps:
+                    lut[c] = target
+        for rank in range(1, len(order)):
+            step = assigned[rank] - assigned[rank - 1]
+            distance = members[order[rank - 1]].position - members[order[rank]].position
+            if spacing and step > 1 and distance < 1.5 * spacing:
+                flags.append(f"{side} ribs: rib_{side}_{assigned[rank - 1]} and rib_{side}_{assigned[rank]} lie "
+                             f"one rib apart ({distance:.0f} mm) with {step - 1} number(s) between them missing")
+    return lut, changes, flags
+
+
+#: Two ribs are stacked (different ribs) where one lies at least this far above the other (mm),
+#: or half the usual rib spacing if that is more, in cells of 8 or 16 mm they share.
+_MIN_STACK_MM = 8.0
+_CLOSE_WEIGHT = 0.25
+
+
+def _offsets(pieces: list[_Piece], shared: np.ndarray, above: np.ndarray) -> np.ndarray:
+    """Each piece's place in the stack of ribs (mm, larger = nearer the head): the height
+    differences measured where pieces share cells, tied weakly to each piece's mean height."""
+    count = len(pieces)
+    prior = 0.05
+    matrix = prior * np.eye(count)
+    rhs = prior * np.array([p.height for p in pieces])
+    for i in range(count):
+        for j in range(count):
+            if i != j and shared[i, j]:
+                w = shared[i, j]
+                matrix[i, i] += w
+                matrix[i, j] -= w
+                rhs[i] += w * above[i, j]
+    return np.asarray(np.linalg.solve(matrix, rhs))
+
+
+def _members(groups: list[list[int]], pieces: list[_Piece], offset: np.ndarray,
+             ribs: Mapping[int, tuple[str, int]], stacked: set[tuple[int, int]],
+             above: np.ndarray) -> tuple[list[Member], list[int]]:
+    """One series member per rib and their head-to-feet order: the order of their numbers (ribs
+    sharing a number: their place in the stack), changed only where two ribs lie stacked in the
+    same cells the other way round."""
+    members = []
+    for group in groups:
+        size = sum(pieces[i].size for i in group)
+        votes: dict[int, float] = {}
+        for i in group:
+            number = ribs[pieces[i].value][1]
+            votes[number] = votes.get(number, 0.0) + pieces[i].size / size
+        position = float(sum(offset[i] * pieces[i].size for i in group) / size)
+        members.append(Member(position, votes))
+    group_of = {i: k for k, group in enumerate(groups) for i in group}
+    # below[a] = the ribs that lie stacked under rib a somewhere.
+    below: dict[int, set[int]] = {k: set() for k in range(len(groups))}
+    for i, j in stacked:
+        if above[i, j] > 0 and group_of[i] != group_of[j]:
+            below[group_of[i]].add(group_of[j])
+    order = sorted(range(len(members)), key=lambda k: (members[k].current, -members[k].position))
+    for _ in range(len(order) ** 2):  # move a rib above the first rib it is stacked above
+        moved = False
+        for r, k in enumerate(order):
+            first = next((q for q in range(r) if order[q] in below[k] and k not in below[order[q]]), None)
+            if first is not None:
+                order.insert(first, order.pop(r))
+                moved = True
+                break
+        if not moved:
+            break
+    return members, order

@@ -10,6 +10,7 @@ import numpy as np
 from autoorgan.io.image import Geometry
 from autoorgan.postprocess.components import Components, components_of
 from autoorgan.postprocess.frame import PatientFrame, vertebra_level
+from autoorgan.postprocess.vertebra_series import SERIES_RULE, vertebra_series
 
 #: Contact (touching voxel pairs) per fragment voxel above which a fragment belongs to its neighbour.
 _MIN_CONTACT_PER_VOXEL = 0.5
@@ -62,10 +63,19 @@ def fix_vertebrae(labels: np.ndarray, geometry: Geometry,
         target = max(touching, key=lambda c: (touching[c], -c))
         lut[comp] = comps.label[target]
         reassigned += 1
+    changes = [{"piece": names[int(comps.label[c])], "to": names[int(lut[c])], "voxels": int(comps.sizes[c]),
+                "rule": "detached fragment joins the vertebra it shares a broad face with",
+                "anchor": names[int(lut[c])]} for c in comps.existing() if lut[c] != comps.label[c]]
     lut, renumbered = _order_head_to_feet(geometry, levels, comps, lut)
+    if renumbered:
+        changes.append({"rule": "levels in head-to-feet order", "anchor": "centres of the vertebrae",
+                        "levels_renumbered": renumbered})
     out = comps.apply(lut) if (reassigned or renumbered) else labels
+    out, series_changes, flags = vertebra_series(out, geometry, names)
     return out, {"fragments_reassigned": reassigned, "fragments_kept_near_own_body": kept_near_own_body,
-                 "levels_renumbered": renumbered}
+                 "levels_renumbered": renumbered + sum(1 for c in series_changes if c["rule"] == SERIES_RULE),
+                 "parts_relabelled": sum(1 for c in series_changes if c["rule"] != SERIES_RULE),
+                 "changes": changes + series_changes, "flags": flags}
 
 
 def _order_head_to_feet(geometry: Geometry, levels: dict[int, int], comps: Components,

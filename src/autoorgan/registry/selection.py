@@ -70,10 +70,12 @@ def selection_name(tasks: Sequence[Task]) -> str:
 def whole_body_task(tasks: Sequence[Task]) -> Task:
     """A task standing for the merged map of ``tasks`` (its whole-body labels), for the output and
     report steps that take a label table (statistics, preview, split, ROI subset, DICOM SEG).
-    It has no model of its own (``dataset_id`` 0)."""
+    It has no model of its own (``dataset_id`` 0); its colours are the tasks' own."""
     labels = whole_body_table().labels_of_tasks([t.name for t in tasks])
+    colors = {name: rgb for t in tasks for name, rgb in t.colors.items()}
     return Task(name=selection_name(tasks), dataset_id=0, labels=MappingProxyType(labels),
-                description="whole-body map of " + ", ".join(t.name for t in tasks), orientation=None)
+                description="whole-body map of " + ", ".join(t.name for t in tasks), orientation=None,
+                colors=MappingProxyType(colors))
 
 
 def is_multi_task(task: str | Sequence[str]) -> bool:

@@ -18,6 +18,8 @@ Task-file shape (TOML shown; JSON uses the same keys)::
     description = "Liver, retrained on our scanners"
     [tasks.my_liver.labels]
     1 = "liver"
+    [tasks.my_liver.colors]    # optional: display colours ("#rrggbb" or [r, g, b]) by structure
+    liver = "#96552d"
 
     [tasks.ribs]               # change one field of a built-in task
     dataset_id = 888
@@ -44,13 +46,14 @@ else:  # the same parser, published for Python 3.10 as tomli
 
 from autoorgan.errors import TaskError
 from autoorgan.io.safe_paths import portable_name_problem, shown
+from autoorgan.registry.colors import RGB, parse_color
 
 #: Fields that a task inherits from the table's defaults and that can be overridden per run.
 #: Said wherever the demo model appears (console, sidecar, demo summary).
 DEMO_NOTE = ("autoorgan DEMO MODEL: a tiny network trained on synthetic phantoms only; "
              "it shows the pipeline and is not for real CT")
 MODEL_FIELDS = ("trainer", "fold", "configuration", "plans", "orientation")
-_TASK_FIELDS = {"dataset_id", "description", "labels", "subdivisions", *MODEL_FIELDS}
+_TASK_FIELDS = {"dataset_id", "description", "labels", "subdivisions", "colors", *MODEL_FIELDS}
 _NAME_RE = re.compile(r"^[a-z][a-z0-9_]*$")
 #: Trainer, plans and configuration names: they become parts of the model folder's name.
 _MODEL_PART_RE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.\-]*")
@@ -92,10 +95,16 @@ class Task:
         Which trained model of the dataset to use.
     orientation:
         Axis codes (nibabel convention: where each voxel index increases) of the arrays the model
-        was trained on, e.g. ``"RAS"``. Every input is permuted/flipped to it before prediction
-        and the result is brought back to the input grid. ``None`` feeds arrays as stored.
+        was trained on, e.g. ``"RAS"``, as the task table states it; ``"native"`` feeds arrays as
+        stored; ``None``: the table does not say. Every input is permuted/flipped to the model's
+        orientation before prediction and the result is brought back to the input grid; where
+        that orientation comes from (option, calibration record, this table, the model's
+        ``dataset.json``, the default) is :func:`autoorgan.models.orientation.resolve_model_orientation`.
     subdivisions:
         For a coarse model, which finer task subdivides each of its labels.
+    colors:
+        The task file's own display colours, structure name (as in ``labels``) → RGB; the others
+        come from the shipped table (:func:`autoorgan.registry.colors.label_colors`).
     models_dir:
         The models folder that holds this task's model whatever the run's models folder is (the
         demo model shipped in the package); ``None``: the run's models folder. Set by the built-in
@@ -112,8 +121,9 @@ class Task:
     plans: str = "nnUNetPlans"
     configuration: str = "3d_fullres"
     fold: int | str = 0
-    orientation: str | None = "RAS"
+    orientation: str | None = None
     subdivisions: Mapping[int, str] = field(default_factory=dict)
+    colors: Mapping[str, RGB] = field(default_factory=dict)
     models_dir: Path | None = None
     demo: bool = False
 
@@ -155,6 +165,7 @@ def _task_fields(task: Task) -> dict[str, Any]:
         "description": task.description,
         "labels": dict(task.labels),
         "subdivisions": dict(task.subdivisions),
+        "colors": dict(task.colors),
         "trainer": task.trainer,
         "plans": task.plans,
         "configuration": task.configuration,
@@ -254,17 +265,18 @@ def _build_task(name: str, fields: Mapping[str, Any], source: str) -> Task:
     fold = fields.get("fold", 0)
     if fold != "all":
         fold = _parse_int(fold, f"fold of task '{name}'", source)
-    orientation = fields.get("orientation", "RAS")
+    orientation = fields.get("orientation")
     if orientation is not None:
         orientation = str(orientation).upper()
         if orientation in {"NONE", "NATIVE", ""}:
-            orientation = None
+            orientation = "native"
         elif not _ORIENTATION_RE.match(orientation):
             raise TaskError(
                 f"{source}: orientation of task '{name}' must be three axis codes such as 'RAS' or 'LPS', "
                 f"or 'native', got {fields['orientation']!r}"
             )
     subdivisions = _parse_subdivisions(fields.get("subdivisions"), labels, name, source)
+    colors = _parse_colors(fields.get("colors"), labels, name, source)
     for key, value in (("trainer", fields.get("trainer")), ("plans", fields.get("plans")),
                        ("configuration", fields.get("configuration"))):
         if value is not None and (not isinstance(value, str) or not _MODEL_PART_RE.fullmatch(value) or "__" in value):
@@ -284,6 +296,7 @@ def _build_task(name: str, fields: Mapping[str, Any], source: str) -> Task:
         fold=fold,
         orientation=orientation,
         subdivisions=MappingProxyType(subdivisions),
+        colors=MappingProxyType(colors),
     )
 
 
@@ -302,6 +315,26 @@ def _parse_subdivisions(raw: Any, labels: Mapping[int, str], task: str, source: 
         if not isinstance(value, str) or not _NAME_RE.match(normalize_name(value)):
             raise TaskError(f"{source}: subdivision {label} of task '{task}' must name a task, got {_short(value)}")
         table[label] = normalize_name(value)
+    return table
+
+
+def _parse_colors(raw: Any, labels: Mapping[int, str], task: str, source: str) -> dict[str, RGB]:
+    """``colors``: a table of structure name (one of the task's labels) → ``"#rrggbb"`` or
+    ``[r, g, b]``; returned keyed by the name as the label table spells it."""
+    if raw is None:
+        return {}
+    if not isinstance(raw, Mapping):
+        raise TaskError(f"{source}: 'colors' of task '{task}' must be a table of structure name = \"#rrggbb\", "
+                        f"got {type(raw).__name__}")
+    table: dict[str, RGB] = {}
+    for key, value in raw.items():
+        structure = labels.get(value_by_name(labels, str(key)) or 0)
+        if structure is None:
+            raise TaskError(f"{source}: colour of {_short(key)} in task '{task}': not one of its structures")
+        try:
+            table[structure] = parse_color(value)
+        except ValueError as exc:
+            raise TaskError(f"{source}: colour of '{structure}' in task '{task}' {exc}") from None
     return table
 
 

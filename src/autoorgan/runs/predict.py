@@ -21,6 +21,12 @@ from autoorgan.batch.job import BatchJob, BatchResult, BatchStep, CaseSegmenter,
 from autoorgan.batch.sharding import check_shard, select_shard
 from autoorgan.errors import InputError, ModelLoadError, ModelNotFoundError
 from autoorgan.io.cases import Case, case_id_of, find_cases, image_suffix
+from autoorgan.models.orientation import (
+    ModelOrientation,
+    OrientationSource,
+    default_orientation_warning,
+    resolve_model_orientation,
+)
 from autoorgan.models.store import (
     ModelLocation,
     describe_models_dir,
@@ -107,13 +113,18 @@ def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, op
     label_suffix = outputs.label_suffix if output_file is None else file_label_suffix(output_file, options)
     all_cases = find_cases(input_path, exclude=output_dir)
     if output_file is not None:
-        all_cases = named_by_output_file(all_cases, input_path, output_file)
+        all_cases = named_by_output_file(all_cases, input_path, output_file, label_suffix)
     cases = select_shard(all_cases, [c.case_id for c in all_cases], options.part_id, options.num_parts)
     log.info("%d case(s) in %s; %d in part %d of %d", len(all_cases), input_path, len(cases), options.part_id,
              options.num_parts)
     locations = locate_models(selection, options.models_dir)
+    selection = adopt_model_folders(selection, locations)
+    orientations: dict[str, ModelOrientation] = {}
     for t in selection.tasks:
         warn_on_label_mismatch(t, locations[t.name].dataset_json)
+        orientations[t.name] = resolve_model_orientation(t, locations[t.name].folder, options.orientation)
+        if orientations[t.name].source is OrientationSource.DEFAULT:
+            log.warning("%s", default_orientation_warning(t))
 
     from autoorgan import engine
 
@@ -122,7 +133,8 @@ def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, op
     pool = ModelPool(lambda model: load_segmenter(model.location, model.task, torch_device, speed,
                                                   trust_checkpoint=options.trust_checkpoint))
     repaired = sorted(t.name for t in selection.tasks if repairs(t, options))
-    segmenter = make_segmenter(selection, locations, pool, options, repaired, engine.nnunet_version())
+    segmenter = make_segmenter(selection, locations, orientations, pool, options, repaired,
+                               engine.nnunet_version())
     # --continue: a case is complete only for the same outputs (the fields that affect them, as
     # this run resolved them) and the same models and prediction settings.
     output_options: dict[str, Any] = {"tasks": [t.name for t in selection.tasks], **outputs.recorded}
@@ -131,18 +143,25 @@ def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, op
     given = options.as_record()  # the speed settings resolved
     for f in option_fields(Affects.OUTPUTS):
         output_options.setdefault(f.name, resolved.get(f.name, given[f.name]))
-    made_with = {"models": {t.name: model_identity(t, locations[t.name]) for t in selection.tasks},
+    # The precision each model runs in on this machine (auto: the CPU's bfloat16, the model's check).
+    precisions = {t.name: engine.resolve_precision(speed.precision, torch_device, locations[t.name].folder)
+                  for t in selection.tasks}
+    made_with = {"models": {t.name: {**model_identity(t, locations[t.name]), "precision": precisions[t.name].precision,
+                                     "orientation": orientations[t.name].label}
+                            for t in selection.tasks},
                  "prediction": {f.name: given[f.name] for f in option_fields(Affects.LABELS)}}
     extra: list[CaseStep] = []
     if options.keep_task_maps:
         from autoorgan.steps.cascade import TaskMapsStep
 
-        extra.append(TaskMapsStep({t.name: t for t in selection.tasks}, suffix=outputs.label_suffix))
+        extra.append(TaskMapsStep({t.name: t for t in selection.tasks}, suffix=outputs.mask_suffix))
     reports = report_steps(output_task, cases, [locations[t.name].checkpoint for t in selection.tasks], torch_device,
                            options=options, record={"task": output_task.name,
                                                     "tasks": [t.name for t in selection.tasks],
                                                     "input": str(input_path),
-                                                    "output": str(output_file or output_dir)})
+                                                    "output": str(output_file or output_dir),
+                                                    "precision_resolved": {name: choice.as_dict() for name, choice
+                                                                           in precisions.items()}})
     return BatchJob(
         task=output_task, cases=cases, output_dir=output_dir, segmenter=segmenter, resume=options.resume,
         listener=listener, skip_failed=options.skip_failed, postprocess=[IntensityCheck(), *outputs.postprocess],
@@ -168,13 +187,19 @@ def output_file_of(input_path: Path, output: Path) -> Path | None:
     return output
 
 
-def named_by_output_file(cases: Sequence[Case], input_path: Path, output_file: Path) -> list[Case]:
-    """The one case of an input file, named by the output file (``seg.nii.gz`` → ``seg``);
-    :class:`InputError` for an input of several cases (a zip of several DICOM series)."""
+def named_by_output_file(cases: Sequence[Case], input_path: Path, output_file: Path,
+                         label_suffix: str | None = None) -> list[Case]:
+    """The one case of an input file, named by the output file (``seg.nii.gz`` → ``seg``; with
+    ``label_suffix`` ``.seg.nrrd``, ``brain.seg.nrrd`` → ``brain``); :class:`InputError` for an
+    input of several cases (a zip of several DICOM series)."""
     if len(cases) != 1:
         raise InputError(f"{input_path.name} holds {len(cases)} cases, so the output must be a folder, "
                          f"not {output_file.name}")
-    return [dataclasses.replace(cases[0], case_id=case_id_of(output_file))]
+    case_id = case_id_of(output_file)  # "brain.seg" for "brain.seg.nrrd"
+    inner = label_suffix[: len(label_suffix) - len(image_suffix(output_file) or "")] if label_suffix else ""
+    if inner and case_id.lower().endswith(inner.lower()):
+        case_id = case_id[: -len(inner)]
+    return [dataclasses.replace(cases[0], case_id=case_id)]
 
 
 def file_label_suffix(output_file: Path, options: PredictOptions) -> str:
@@ -183,6 +208,10 @@ def file_label_suffix(output_file: Path, options: PredictOptions) -> str:
     suffix = image_suffix(output_file) or ""
     if options.output_type is OutputType.NRRD and suffix != ".nrrd":
         raise InputError(f"--output-type nrrd writes a .nrrd file, not {output_file.name}")
+    if options.output_type is OutputType.SEG_NRRD:
+        if not output_file.name.lower().endswith(".seg.nrrd") or len(output_file.name) <= len(".seg.nrrd"):
+            raise InputError(f"--output-type seg-nrrd writes a .seg.nrrd file, not {output_file.name}")
+        suffix = ".seg.nrrd"
     return output_file.name[len(output_file.name) - len(suffix):]
 
 
@@ -196,17 +225,19 @@ def cascading(selection: TaskSelection, options: PredictOptions) -> bool:
     return selection.several and options.cascade and any(t.name == "skeleton" for t in selection.tasks)
 
 
-def make_segmenter(selection: TaskSelection, locations: dict[str, ModelLocation], pool: ModelPool,
-                   options: PredictOptions, repaired: Sequence[str], nnunet_version: str) -> CaseSegmenter:
+def make_segmenter(selection: TaskSelection, locations: dict[str, ModelLocation],
+                   orientations: dict[str, ModelOrientation], pool: ModelPool, options: PredictOptions,
+                   repaired: Sequence[str], nnunet_version: str) -> CaseSegmenter:
     """The run's segmenter: one task's model, or the cascade of several in whole-body values."""
     if not selection.several:
         task = selection.tasks[0]
-        return TaskSegmenter(TaskModel(task, locations[task.name]), pool, nnunet_version, repair=bool(repaired))
+        return TaskSegmenter(TaskModel(task, locations[task.name], orientations[task.name]), pool, nnunet_version,
+                             repair=bool(repaired))
     from autoorgan.registry.whole_body import whole_body_table
     from autoorgan.steps.cascade import CascadeOptions, MultiTaskSegmenter, half_patch_mm
 
     table = whole_body_table()
-    models = [TaskModel(task=t, location=locations[t.name], lut=table.lookup(t),
+    models = [TaskModel(task=t, location=locations[t.name], orientation=orientations[t.name], lut=table.lookup(t),
                         half_patch_mm=half_patch_mm(locations[t.name].folder, t.configuration))
               for t in selection.tasks]
     return MultiTaskSegmenter(
@@ -231,12 +262,29 @@ def locate_models(selection: TaskSelection, models_dir: Path | None) -> dict[str
     return {name: location for name, location in found.items() if location is not None}
 
 
+def adopt_model_folders(selection: TaskSelection, locations: dict[str, ModelLocation]) -> TaskSelection:
+    """The tasks whose model stands in for their missing configured folder (see
+    :func:`autoorgan.models.store.find_model`) take that folder's trainer, plans and configuration,
+    with a one-line note each; the others are unchanged."""
+    tasks = []
+    for t in selection.tasks:
+        location = locations[t.name]
+        if location.stands_in_for is not None:
+            log.warning("task '%s': %s", t.name, location.note())
+            trainer, plans, configuration = location.model_parts
+            t = dataclasses.replace(t, trainer=trainer, plans=plans, configuration=configuration)
+        tasks.append(t)
+    return dataclasses.replace(selection, tasks=tasks)
+
+
 @dataclass(frozen=True)
 class OutputPlan:
     """The label-map format and the output steps of a run: the ROI subset after the repair, the
-    per-structure masks and the DICOM SEG after the other extra outputs."""
+    per-structure masks and the DICOM SEG or RT structure set after the other extra outputs."""
 
     label_suffix: str
+    #: File ending of per-structure masks and per-task maps.
+    mask_suffix: str
     postprocess: list[CaseStep]
     extra_outputs: list[CaseStep]
     #: How this run resolved the output fields, for ``output_options``.
@@ -245,6 +293,8 @@ class OutputPlan:
     @classmethod
     def of(cls, task: Task, options: PredictOptions) -> OutputPlan:
         from autoorgan.io.dicom_seg import DicomSegStep
+        from autoorgan.io.rtstruct import RtStructStep
+        from autoorgan.registry.colors import label_colors
         from autoorgan.steps.roi import RoiSubsetStep, resolve_roi_subset
         from autoorgan.steps.split import SplitMasksStep
 
@@ -254,13 +304,19 @@ class OutputPlan:
             structures = resolve_roi_subset(task.labels, list(options.roi_subset), task.name)
         extra: list[CaseStep] = []
         if options.split or options.split_only:
-            extra.append(SplitMasksStep(structures, suffix=kind.suffix))
+            extra.append(SplitMasksStep(structures, suffix=kind.mask_suffix))
         if kind is OutputType.DICOM_SEG:
-            extra.append(DicomSegStep())
+            extra.append(DicomSegStep(label_colors(task.labels, task.colors)))
+        if kind is OutputType.RTSTRUCT:
+            extra.append(RtStructStep(label_colors(task.labels, task.colors)))
+        if kind is OutputType.SEG_NRRD:
+            from autoorgan.steps.viewer_files import SegNrrdStep
+
+            extra.append(SegNrrdStep())
         recorded = {"output_type": kind.value, "split": bool(options.split or options.split_only),
                     "split_only": bool(options.split_only),
                     "roi_subset": sorted(structures.values()) if structures else None}
-        return cls(label_suffix=kind.suffix, postprocess=[RoiSubsetStep(structures)] if structures else [],
+        return cls(label_suffix=kind.suffix, mask_suffix=kind.mask_suffix, postprocess=[RoiSubsetStep(structures)] if structures else [],
                    extra_outputs=extra, recorded=recorded)
 
 
@@ -277,7 +333,8 @@ class ReportPlan:
 
 def report_steps(task: Task, cases: Sequence[Case], checkpoints: Sequence[Path], torch_device: object, *,
                  options: PredictOptions, record: dict[str, Any]) -> ReportPlan:
-    """Statistics and previews per case; the statistics table, run record and overview per run."""
+    """Volumes (always), statistics and previews per case; the statistics table, run record and
+    overview per run."""
     from autoorgan.report.run_record import RunRecorder, describe_device
     from autoorgan.steps import report
 
@@ -293,9 +350,13 @@ def report_steps(task: Task, cases: Sequence[Case], checkpoints: Sequence[Path],
     finalizers.append(recorder)
     if options.statistics:
         finalizers.append(report.StatisticsTable())
+    from autoorgan.steps.viewer_files import ViewerLabelTables
+
+    finalizers.append(ViewerLabelTables(task))
     index = report.IndexPage(task, recorder)
     finalizers.append(index)
-    return ReportPlan(case_steps=list(case_steps), finalizers=finalizers, abort_steps=[recorder, index])
+    return ReportPlan(case_steps=[report.VolumesStep(), *case_steps], finalizers=finalizers,
+                      abort_steps=[recorder, index])
 
 
 def model_identity(task: Task, location: ModelLocation) -> dict[str, Any]:
@@ -326,7 +387,7 @@ def load_segmenter(location: ModelLocation, task: Task, torch_device: object, sp
     try:
         return engine.Segmenter(location.folder, task.fold, torch_device, tile_step_size=speed.step_size,
                                 trust_checkpoint=trust_checkpoint, use_mirroring=speed.tta,
-                                crop_body=speed.crop_body, export=speed.export)
+                                crop_body=speed.crop_body, export=speed.export, precision=speed.precision)
     except engine.UnsafeCheckpoint as exc:
         raise ModelLoadError(f"refusing to load {location.checkpoint}: {exc}; pass --trust-checkpoint only "
                              "if you trust where this model comes from") from None

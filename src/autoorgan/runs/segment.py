@@ -79,8 +79,9 @@ def check_in_memory_options(options: PredictOptions, *, keeps_files: bool) -> No
     for name, why in REFUSED.items():
         if getattr(options, name) != defaults[name]:
             raise InputError(f"segment() does not take {name}: {why}")
-    if options.output_type is OutputType.DICOM_SEG:
-        raise InputError("segment() does not take output_type='dicom-seg': a DICOM SEG needs a DICOM input")
+    if options.output_type in (OutputType.DICOM_SEG, OutputType.RTSTRUCT):
+        raise InputError(f"segment() does not take output_type='{options.output_type.value}': it needs a DICOM "
+                         "input read from files")
     if not keeps_files:
         given = [name for name in FILES_ONLY if getattr(options, name) != defaults[name]]
         if given:

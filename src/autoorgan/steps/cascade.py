@@ -42,7 +42,15 @@ from autoorgan.io.reading import source_sidecar
 from autoorgan.registry.tasks import Task
 from autoorgan.registry.whole_body import SKELETON, WholeBodyTable, merge_task_maps, to_whole_body
 from autoorgan.steps.repair import repair_task_map
-from autoorgan.steps.segment import ModelPool, TaskModel, case_progress, label_dtype, segment_volume
+from autoorgan.steps.segment import (
+    ModelPool,
+    TaskModel,
+    anatomy_checks,
+    case_progress,
+    label_dtype,
+    segment_volume,
+    warn_on_checks,
+)
 
 log = logging.getLogger(__name__)
 
@@ -178,6 +186,7 @@ class MultiTaskSegmenter:
         task_maps: dict[str, np.ndarray] = {}
         runs: dict[str, dict[str, Any]] = {}
         repairs: dict[str, Any] = {}
+        checks: dict[str, Any] = {}
         for name in run_order([m.task.name for m in self.models]):
             model = self._by_name[name]
             task = model.task
@@ -185,7 +194,7 @@ class MultiTaskSegmenter:
             box: Box | None = None
             if name in crop_from:
                 coarse = crop_from[name]
-                reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
+                reorientation = plan_reorientation(volume.geometry.direction_matrix, model.orientation.codes)
                 margin = margin_voxels(volume.geometry.spacing, model_half_patch_mm=model.half_patch_mm,
                                        reorientation=reorientation, floor_mm=self.options.floor_mm,
                                        margin_mm=self.options.margin_mm)
@@ -197,7 +206,9 @@ class MultiTaskSegmenter:
                     continue
             predictor = self.pool.get(model, case_id, listener, f"loading model {name}")
             listener.case_stage(case_id, f"predicting {name}")
-            labels = segment_volume(volume, task, predictor, roi=box, progress=case_progress(listener, case_id))
+            labels = segment_volume(volume, task, predictor, roi=box, progress=case_progress(listener, case_id),
+                                    orientation=model.orientation.codes)
+            raw = labels
             if name in self.options.repair:
                 listener.case_stage(case_id, f"repairing {name}")
                 vertebrae = self._by_name.get("vertebrae")
@@ -206,6 +217,9 @@ class MultiTaskSegmenter:
                                          vertebra_names=vertebrae.task.labels if vertebrae is not None else None)
                 labels = result.labels
                 repairs[name] = result.report()
+            report = anatomy_checks(task, raw, labels, volume)
+            checks[name] = report.record()
+            warn_on_checks(case_id, report, model)
             task_maps[name] = labels
             runs[name] = {"status": "ran", "seconds": round(time.perf_counter() - start, 3)}
             if box is not None:
@@ -221,6 +235,7 @@ class MultiTaskSegmenter:
         else:
             merged = np.zeros(volume.array.shape, dtype=np.uint8)
         sidecar = self._sidecar(case, volume, out, runs)
+        sidecar["checks"] = {"passed": all(c["passed"] for c in checks.values()), "tasks": checks}
         if repairs:
             sidecar["postprocess"] = repairs
         return Segmentation(labels=np.ascontiguousarray(merged.astype(label_dtype(max(self.table.labels)), copy=False)),
@@ -241,8 +256,13 @@ class MultiTaskSegmenter:
                 "dataset_id": m.task.dataset_id,
                 "trainer": self.pool.trainer_name(m),
                 "plans": m.task.plans, "configuration": m.task.configuration, "fold": m.task.fold,
-                "model_orientation": m.task.orientation or orientation,
+                "model_orientation": m.orientation.label, "orientation_source": m.orientation.source.value,
             }
+            if m.location.stands_in_for is not None:
+                models[m.task.name]["model_folder_note"] = m.location.note()
+            loaded = self.pool.loaded.get(m.task.name)
+            if loaded is not None:  # the precision it ran in, and why (a model never loaded ran in none)
+                models[m.task.name]["precision"] = {"precision": loaded.precision, "reason": loaded.precision_reason}
         return {
             "task": self.name,
             "tasks": names,

@@ -2,6 +2,8 @@
 
 Per case (:class:`~autoorgan.batch.job.CaseStep`, run after the label map is written):
 
+* :class:`VolumesStep` → the sidecar's ``volumes_ml`` (always: voxel counts × voxel volume, so the
+  overview lists volumes without ``--statistics``);
 * :class:`StatisticsStep` → ``OUT/<case>.stats.json``
 * :class:`PreviewStep` → ``OUT/<case>.png``
 
@@ -41,10 +43,18 @@ from autoorgan.io.reading import read_case
 from autoorgan.io.safe_paths import component_problem, path_inside
 from autoorgan.io.writing import atomic_path, write_json
 from autoorgan.registry.tasks import Task
-from autoorgan.report.html import CaseRow, main_volumes, write_index
+from autoorgan.report.html import (
+    CaseRow,
+    check_failures,
+    main_volumes,
+    sidecar_output_files,
+    volumes_of_counts,
+    write_index,
+)
 from autoorgan.report.preview import render_preview
 from autoorgan.report.run_record import RECORD_GLOB, RunRecorder, latest_case_entries, read_run_records
 from autoorgan.report.statistics import FIELDS, StructureStats, spreadsheet_row, structure_statistics
+from autoorgan.steps.viewer_files import ViewerLabelTables
 
 log = logging.getLogger(__name__)
 
@@ -94,6 +104,26 @@ def statistics_document(ctx: CaseContext) -> dict[str, Any]:
     }
 
 
+def structure_volumes(labels: np.ndarray, voxel_mm3: float, names: Mapping[int, str]) -> dict[str, float]:
+    """Structure → volume in ml (voxel count × voxel volume, 3 decimals) of the structures present."""
+    counts = np.bincount(np.asarray(labels).reshape(-1).astype(np.int64, copy=False))
+    return {names[v]: round(float(counts[v]) * voxel_mm3 / 1000.0, 3)
+            for v in sorted(names) if 0 < v < len(counts) and counts[v] > 0}
+
+
+@dataclass
+class VolumesStep:
+    """Records each present structure's volume (ml) in the sidecar's ``volumes_ml``: one count of
+    the label map already in memory, so the overview lists volumes for every run."""
+
+    name: str = "volumes"
+
+    def __call__(self, ctx: CaseContext) -> None:
+        names = {int(k): v for k, v in ctx.task.labels.items()}
+        voxel_mm3 = float(np.prod(ctx.volume.geometry.spacing))
+        ctx.sidecar["volumes_ml"] = structure_volumes(ctx.labels, voxel_mm3, names)
+
+
 @dataclass
 class StatisticsStep:
     """Writes ``OUT/<case>.stats.json``: per-structure statistics of the label map on the CT."""
@@ -120,7 +150,8 @@ class PreviewStep:
     def __call__(self, ctx: CaseContext) -> None:
         names = {int(k): v for k, v in ctx.task.labels.items()}
         target = render_preview(ctx.volume.array, ctx.labels, ctx.volume.geometry, names,
-                                self.target(ctx.outputs), title=f"{ctx.case.case_id} — {ctx.task.name}")
+                                self.target(ctx.outputs), title=f"{ctx.case.case_id} — {ctx.task.name}",
+                                colors=ctx.task.colors)
         ctx.sidecar.setdefault("reports", {})["preview"] = target.name
 
 
@@ -238,12 +269,17 @@ class StatisticsTable:
         log.info("statistics of %d case(s): %s", len(documents), target.name)
 
 
-def _label_map_name(outputs: CaseOutputs) -> str | None:
+def _label_map_name(outputs: CaseOutputs, sidecar: Mapping[str, Any]) -> str | None:
     """The case's label map file as its sidecar names it (any output format), if it exists."""
-    sidecar = outputs.read_sidecar() or {}
     name = sidecar.get("label_map", outputs.label_map.name)
     plain = isinstance(name, str) and component_problem(name) is None  # a sidecar's word is not trusted
     return name if plain and (outputs.folder / name).is_file() else None
+
+
+def _existing_outputs(outputs: CaseOutputs, sidecar: Mapping[str, Any]) -> dict[str, str]:
+    """The DICOM SEG, RTSTRUCT, Slicer segmentation... the sidecar names and the folder holds."""
+    return {text: name for text, name in sidecar_output_files(sidecar).items()
+            if component_problem(name) is None and (outputs.folder / name).is_file()}
 
 
 @dataclass
@@ -260,7 +296,10 @@ class IndexPage:
         rows = []
         for case_id, entry in overview_entries(results, output_dir).items():
             outputs = CaseOutputs(output_dir, case_id)
+            sidecar = outputs.read_sidecar() or {}
             document = read_statistics(output_dir, case_id)
+            label_map = _label_map_name(outputs, sidecar)
+            counted = sidecar.get("volumes_ml")
             preview = preview_path(output_dir, case_id)
             seconds = entry.get("seconds")
             rows.append(CaseRow(
@@ -271,12 +310,20 @@ class IndexPage:
                 error=entry.get("error"),
                 preview=preview.name if preview.is_file() else None,
                 statistics=stats_path(output_dir, case_id).name if document is not None else None,
-                label_map=_label_map_name(outputs),
-                volumes=main_volumes(list(document["structures"].values())) if document else [],
+                label_map=label_map,
+                volumes=main_volumes(list(document["structures"].values())) if document
+                else volumes_of_counts(counted) if isinstance(counted, dict) else [],
+                files=_existing_outputs(outputs, sidecar),
+                viewer=label_map is not None,
+                check_failures=check_failures(sidecar),
             ))
         links = []
         if (output_dir / STATISTICS_CSV).is_file():
             links.append(("statistics.csv", STATISTICS_CSV))
         if self.recorder is not None and self.recorder.written is not None:
             links.append(("run record", self.recorder.written.name))
+        for text, table in zip(("3D Slicer colour table", "ITK-SNAP label descriptions"),
+                               ViewerLabelTables(self.task).paths(output_dir), strict=True):
+            if table.is_file():
+                links.append((text, table.name))
         write_index(output_dir / INDEX_HTML, rows, title=f"autoorgan · {self.task.name}", extra_links=links)

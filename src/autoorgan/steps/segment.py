@@ -17,13 +17,15 @@ from typing import Any, Protocol
 import numpy as np
 
 from autoorgan import __version__
+from autoorgan.anatomy.checks import AnatomyReport, check_anatomy, side_swaps
 from autoorgan.batch.job import CaseContext, ProgressListener, Segmentation
 from autoorgan.batch.outputs import CaseOutputs
 from autoorgan.errors import CaseError
 from autoorgan.io.cases import Case
 from autoorgan.io.image import Volume
-from autoorgan.io.orientation import plan_reorientation
+from autoorgan.io.orientation import DEFAULT_ORIENTATION, plan_reorientation
 from autoorgan.io.reading import source_sidecar
+from autoorgan.models.orientation import ModelOrientation, resolve_model_orientation
 from autoorgan.models.store import ModelLocation
 from autoorgan.registry.tasks import DEMO_NOTE, Task
 from autoorgan.steps.repair import repair_task_map
@@ -42,6 +44,10 @@ class Predictor(Protocol):
     last_tiles: tuple[int, int]
     #: Called with (tiles done, tiles in all) while a prediction runs the network, or ``None``.
     progress: Callable[[int, int], None] | None
+    #: The precision the network runs in (``fp32``, ``bf16``; ``fp16``: nnU-Net's CUDA autocast),
+    #: and why (see :mod:`autoorgan.engine.precision`).
+    precision: str
+    precision_reason: str
 
     def predict(self, array_zyx: np.ndarray, spacing_zyx: tuple[float, float, float],
                 roi: tuple[slice, slice, slice] | None = None) -> np.ndarray: ...
@@ -84,17 +90,19 @@ def intensity_warnings(array: np.ndarray) -> list[str]:
 
 def segment_volume(volume: Volume, task: Task, predictor: Predictor,
                    roi: tuple[slice, slice, slice] | None = None,
-                   progress: Callable[[int, int], None] | None = None) -> np.ndarray:
+                   progress: Callable[[int, int], None] | None = None, *,
+                   orientation: str | None = DEFAULT_ORIENTATION) -> np.ndarray:
     """Label map of ``volume`` on its own grid (``[x, y, z]``, the volume's shape).
 
-    The CT is permuted/flipped into the orientation the task's model was trained in, predicted,
-    and the prediction is brought back with the exact inverse permutation — no resampling of
-    the CT or of the labels by autoorgan. ``roi`` (a box of the volume's array) limits the
+    The CT is permuted/flipped into ``orientation``, the one the task's model was trained in
+    (axis codes; ``None``: as stored; see :func:`autoorgan.models.orientation.resolve_model_orientation`),
+    predicted, and the prediction is brought back with the exact inverse permutation — no
+    resampling of the CT or of the labels by autoorgan. ``roi`` (a box of the volume's array) limits the
     prediction to that region, exactly as the whole image's prediction there (see
     :meth:`autoorgan.engine.Segmenter.predict`); the rest is background. ``progress`` is given
     (tiles done, tiles in all) while the network runs (see :func:`case_progress`).
     """
-    reorientation = plan_reorientation(volume.geometry.direction_matrix, task.orientation)
+    reorientation = plan_reorientation(volume.geometry.direction_matrix, orientation)
     oriented = reorientation.to_target(prepare_intensities(volume.array))
     spacing = reorientation.spacing(volume.geometry.spacing)
     box = None if roi is None else reorientation.box_to_target(roi, volume.array.shape)
@@ -118,8 +126,8 @@ def case_progress(listener: ProgressListener, case_id: str) -> Callable[[int, in
     return report
 
 
-def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
-                  label_file: str, orientation: str) -> dict[str, Any]:
+def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str, label_file: str, orientation: str,
+                  model_orientation: ModelOrientation) -> dict[str, Any]:
     """The sidecar written next to a label map: what made it and what its values mean.
 
     It deliberately holds no image metadata beyond the input file's name and, for DICOM, the
@@ -141,7 +149,8 @@ def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
         "label_map": label_file,
         "input": case.name,
         "input_orientation": orientation,
-        "model_orientation": task.orientation or orientation,
+        "model_orientation": model_orientation.label,
+        "orientation_source": model_orientation.source.value,
         "versions": {"autoorgan": __version__, "nnunetv2": nnunet},
         **source_sidecar(case),
     }
@@ -150,12 +159,46 @@ def build_sidecar(task: Task, case: Case, *, trainer: str, nnunet: str,
 @dataclass(frozen=True)
 class TaskModel:
     """One task of a run with its installed model; ``lut`` maps its values into the whole-body
-    table (several tasks), ``half_patch_mm`` sizes the cascade's margin."""
+    table (several tasks), ``half_patch_mm`` sizes the cascade's margin; ``orientation`` is the one
+    its model is fed in (:func:`~autoorgan.models.orientation.resolve_model_orientation`)."""
 
     task: Task
     location: ModelLocation
+    orientation: ModelOrientation
     lut: np.ndarray | None = None
     half_patch_mm: tuple[float, float, float] | None = None
+
+    @classmethod
+    def of(cls, task: Task, location: ModelLocation, *, override: str | None = None,
+           lut: np.ndarray | None = None, half_patch_mm: tuple[float, float, float] | None = None) -> TaskModel:
+        """``task``'s installed model with its orientation resolved (``override``: ``--orientation``)."""
+        return cls(task, location, resolve_model_orientation(task, location.folder, override), lut, half_patch_mm)
+
+
+def anatomy_checks(task: Task, raw: np.ndarray, repaired: np.ndarray, volume: Volume) -> AnatomyReport:
+    """The anatomical checks of a task's raw prediction (before any repair), with the repair's side
+    swaps counted as a failure of the ``sides`` check (see :mod:`autoorgan.anatomy.checks`)."""
+    report = check_anatomy(raw, volume.geometry, task.labels, ct=volume.array)
+    swapped = side_swaps(raw, repaired, task.labels) if repaired is not raw else []
+    if not swapped:
+        return report
+    from dataclasses import replace
+
+    checks = tuple(replace(c, tested=c.tested + len(swapped),
+                           failures=(*c.failures, *(f"the repair moved most of {n} to the other side" for n in swapped)))
+                   if c.name == "sides" else c for c in report.checks)
+    return AnatomyReport(checks)
+
+
+def warn_on_checks(case_id: str, report: AnatomyReport, model: TaskModel) -> None:
+    """One warning line for a case whose prediction failed the anatomical checks."""
+    if report.passed:
+        return
+    failures = report.failures
+    shown = "; ".join(failures[:3]) + (f" (and {len(failures) - 3} more)" if len(failures) > 3 else "")
+    log.warning("%s: %s labels fail the anatomical checks: %s; check the model's orientation (%s, from %s; "
+                "'autoorgan calibrate') and the series' patient position", case_id, model.task.name, shown,
+                model.orientation.label, model.orientation.source.value)
 
 
 @dataclass
@@ -197,15 +240,24 @@ class TaskSegmenter:
         task = self.model.task
         predictor = self.pool.get(self.model, case.case_id, listener, "loading model")
         listener.case_stage(case.case_id, "predicting")
-        labels = segment_volume(volume, task, predictor, progress=case_progress(listener, case.case_id))
+        labels = segment_volume(volume, task, predictor, progress=case_progress(listener, case.case_id),
+                                orientation=self.model.orientation.codes)
         orientation = plan_reorientation(volume.geometry.direction_matrix, None).source_codes
         sidecar = build_sidecar(task, case, trainer=predictor.trainer_name, nnunet=self.nnunet_version,
-                                label_file=out.label_map.name, orientation=orientation)
+                                label_file=out.label_map.name, orientation=orientation,
+                                model_orientation=self.model.orientation)
+        if self.model.location.stands_in_for is not None:
+            sidecar["model_folder_note"] = self.model.location.note()
+        raw = labels
+        sidecar["precision"] = {"precision": predictor.precision, "reason": predictor.precision_reason}
         if self.repair:
             listener.case_stage(case.case_id, "repairing")
             result = repair_task_map(task, labels, volume.geometry, ct=volume.array)
             labels = result.labels
             sidecar["postprocess"] = result.report()
+        checks = anatomy_checks(task, raw, labels, volume)
+        sidecar["checks"] = checks.record()
+        warn_on_checks(case.case_id, checks, self.model)
         return Segmentation(labels=labels, sidecar=sidecar, timing=dict(predictor.last_timing))
 
 

@@ -21,7 +21,13 @@ import SimpleITK as sitk
 from autoorgan.errors import InputError
 from autoorgan.io.cases import Case, find_cases
 from autoorgan.io.image import Geometry, Volume, image_from_array, read_volume
-from autoorgan.io.orientation import plan_reorientation, reoriented_geometry
+from autoorgan.io.orientation import (
+    DEFAULT_ORIENTATION,
+    orientation_label,
+    parse_orientation,
+    plan_reorientation,
+    reoriented_geometry,
+)
 from autoorgan.io.writing import write_json
 from autoorgan.registry.tasks import Task
 
@@ -134,9 +140,16 @@ def check_label_map(label: Volume, image: Volume, task: Task, label_name: str) -
                          f"'{task.name}' (1..{task.max_label})")
 
 
+def training_orientation(task: Task) -> str | None:
+    """The orientation a task's training arrays are stored in: the task table's (``native``: as the
+    files store them, ``None``), else :data:`~autoorgan.io.orientation.DEFAULT_ORIENTATION`. It is
+    recorded in the model's ``dataset.json``, where ``predict`` finds it."""
+    return parse_orientation(task.orientation) if task.orientation is not None else DEFAULT_ORIENTATION
+
+
 def _oriented(volume: Volume, task: Task) -> sitk.Image:
     geo = volume.geometry
-    plan = plan_reorientation(geo.direction_matrix, task.orientation)
+    plan = plan_reorientation(geo.direction_matrix, training_orientation(task))
     size, spacing, origin, direction = reoriented_geometry(plan, geo.size, geo.spacing, geo.origin,
                                                            geo.direction_matrix)
     target = Geometry(size=size, spacing=spacing, origin=origin, direction=tuple(direction.ravel()))
@@ -177,7 +190,7 @@ def write_raw_dataset(task: Task, cases: Iterable[TrainingCase], raw_dir: Path) 
         "labels": {"background": 0, **{name: value for value, name in task.labels.items()}},
         "numTraining": len(staged),
         "file_ending": ".nii.gz",
-        "autoorgan": {"task": task.name, "orientation": task.orientation},
+        "autoorgan": {"task": task.name, "orientation": orientation_label(training_orientation(task))},
     }
     write_json(dataset_json, folder / "dataset.json")
     log.info("wrote %d training case(s) to %s", len(staged), folder)
