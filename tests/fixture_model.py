@@ -62,33 +62,7 @@ def train_fixture_model(base: Path, schedule: Mapping[str, Any] = TRAIN_SCHEDULE
     :data:`TRAIN_ORIENTATIONS`; the network is :data:`TINY_PLANS`. Raises ``RuntimeError`` when
     the command fails.
     """
-    from typer.testing import CliRunner
-
-    from autoorgan.cli.app import app
-    from autoorgan.registry.tasks import load_registry
-
-    task = load_registry().get_task(FIXTURE_TASK)
-    for earlier in ("data", "models", "work"):
-        shutil.rmtree(base / earlier, ignore_errors=True)
-    data = base / "data"
-    (data / "images").mkdir(parents=True)
-    (data / "labels").mkdir()
-    for i, (seed, codes) in enumerate(zip(TRAIN_SEEDS, TRAIN_ORIENTATIONS, strict=True)):
-        phantom = pelvis_phantom(seed)
-        sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
-        sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
-    models = base / "models"
-    plans_override = base / "tiny_plans.json"
-    plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
-    result = CliRunner().invoke(app, [
-        "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
-        "--work-dir", str(base / "work"), "--device", "cpu", *schedule_options(schedule),
-        "--plans-override", str(plans_override), "--augmentation-workers", "0", "--quiet",
-    ])
-    if result.exit_code != 0:
-        raise RuntimeError(f"autoorgan train --task {FIXTURE_TASK} failed (exit {result.exit_code}): "
-                           f"{result.output}{result.exception!r}")
-    return models
+    return _train_on_pelvis_phantoms(base, TRAIN_ORIENTATIONS, schedule)
 
 
 #: Fixture models trained the way models trained elsewhere reach users: the pelvis phantoms all
@@ -103,10 +77,31 @@ def train_stored_orientation_model(base: Path, codes: str, schedule: Mapping[str
     """Train the fixture task's model on phantoms all stored as ``codes`` and fed as stored; returns
     the models folder ``base/models``. The model's ``dataset.json`` keeps nnU-Net's fields only, as
     a model trained with plain nnU-Net has: nothing tells autoorgan its orientation."""
+    from autoorgan.models.store import find_model
+    from autoorgan.registry.tasks import load_registry
+
+    tasks_file = base / "as_stored.json"
+    base.mkdir(parents=True, exist_ok=True)
+    tasks_file.write_text(json.dumps({"tasks": {FIXTURE_TASK: {"orientation": "native"}}}), encoding="utf-8")
+    models = _train_on_pelvis_phantoms(base, [codes] * len(TRAIN_SEEDS), schedule, "--tasks-file", str(tasks_file))
+    location = find_model(load_registry().get_task(FIXTURE_TASK), models)
+    if location is None:
+        raise RuntimeError(f"training left no model of task {FIXTURE_TASK} in {models}")
+    dataset_json = location.folder / "dataset.json"
+    fields = json.loads(dataset_json.read_text(encoding="utf-8"))
+    fields.pop("autoorgan", None)
+    dataset_json.write_text(json.dumps(fields, indent=4), encoding="utf-8")
+    return models
+
+
+def _train_on_pelvis_phantoms(base: Path, orientations: Sequence[str], schedule: Mapping[str, Any],
+                              *options: str) -> Path:
+    """``autoorgan train`` of the fixture task on the pelvis phantoms of :data:`TRAIN_SEEDS`, each
+    stored in its entry of ``orientations``, with the tiny plans and ``options``; returns
+    ``base/models``."""
     from typer.testing import CliRunner
 
     from autoorgan.cli.app import app
-    from autoorgan.models.store import find_model
     from autoorgan.registry.tasks import load_registry
 
     task = load_registry().get_task(FIXTURE_TASK)
@@ -115,31 +110,21 @@ def train_stored_orientation_model(base: Path, codes: str, schedule: Mapping[str
     data = base / "data"
     (data / "images").mkdir(parents=True)
     (data / "labels").mkdir()
-    for i, seed in enumerate(TRAIN_SEEDS):
+    for i, (seed, codes) in enumerate(zip(TRAIN_SEEDS, orientations, strict=True)):
         phantom = pelvis_phantom(seed)
         sitk.WriteImage(reorient(phantom.ct, codes), str(data / "images" / f"pelvis_{i}.nii.gz"))
         sitk.WriteImage(reorient(phantom.labels_for(task.labels), codes), str(data / "labels" / f"pelvis_{i}.nii.gz"))
-    tasks_file = base / "as_stored.json"
-    tasks_file.write_text(json.dumps({"tasks": {FIXTURE_TASK: {"orientation": "native"}}}), encoding="utf-8")
     models = base / "models"
     plans_override = base / "tiny_plans.json"
     plans_override.write_text(json.dumps(TINY_PLANS), encoding="utf-8")
     result = CliRunner().invoke(app, [
         "train", "--task", FIXTURE_TASK, "--data", str(data), "--models-dir", str(models),
         "--work-dir", str(base / "work"), "--device", "cpu", *schedule_options(schedule),
-        "--plans-override", str(plans_override), "--augmentation-workers", "0", "--quiet",
-        "--tasks-file", str(tasks_file),
+        "--plans-override", str(plans_override), "--augmentation-workers", "0", "--quiet", *options,
     ])
     if result.exit_code != 0:
-        raise RuntimeError(f"autoorgan train --task {FIXTURE_TASK} ({codes}) failed (exit {result.exit_code}): "
+        raise RuntimeError(f"autoorgan train --task {FIXTURE_TASK} failed (exit {result.exit_code}): "
                            f"{result.output}{result.exception!r}")
-    location = find_model(task, models)
-    if location is None:
-        raise RuntimeError(f"training left no model of task {FIXTURE_TASK} in {models}")
-    dataset_json = location.folder / "dataset.json"
-    fields = json.loads(dataset_json.read_text(encoding="utf-8"))
-    fields.pop("autoorgan", None)
-    dataset_json.write_text(json.dumps(fields, indent=4), encoding="utf-8")
     return models
 
 

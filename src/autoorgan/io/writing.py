@@ -285,6 +285,15 @@ def write_json(data: Any, target: Path) -> Path:
     return _write(target, writer)
 
 
+def write_text(text: str, target: Path) -> Path:
+    """Write UTF-8 text atomically."""
+
+    def writer(tmp: Path) -> None:
+        tmp.write_text(text, encoding="utf-8")
+
+    return _write(target, writer)
+
+
 def file_identity(path: Path) -> tuple[int, int] | None:
     """``(device, inode)`` of ``path``: tells whether a file is still the one a run wrote."""
     try:

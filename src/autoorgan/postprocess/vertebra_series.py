@@ -8,10 +8,12 @@ to feet, take the levels that change the fewest of them
 (:func:`autoorgan.postprocess.series.number_series`). Voxels are given to bodies only where the
 series shows something wrong — a label with two bodies, a renumbered body, or two neighbours of
 which one holds far more bone around its body than usual and the other far less (posterior
-elements carrying the next level's label): there the bone of those vertebrae is flooded from the
-bodies through the bone itself, and every large piece whose flood disagrees with its label takes
-the flood's label. Slivers at joints never move, and a map whose series is consistent is
-returned unchanged.
+elements carrying the next level's label): there each level first takes the shape the model gave
+a neighbouring vertebra that is not in question, moved and tilted onto its body (where two
+vertebrae touch broadly, the depth of the bone cannot tell their boundary; the neighbour's shape
+can), the rest of the bone is flooded from these claims and the bodies through the bone itself,
+and every large piece whose new label disagrees with its old one takes the new label. Slivers at
+joints never move, and a map whose series is consistent is returned unchanged.
 """
 
 from __future__ import annotations
@@ -165,8 +167,8 @@ def vertebra_series(labels: np.ndarray, geometry: Geometry, names: Mapping[int, 
               sorted(involved))
     if not involved:
         return labels, changes, flags
-    # Flood the bone of the involved vertebrae from their bodies (the other vertebrae take no part:
-    # their boundaries are the model's).
+    # Redraw the bone of the involved vertebrae from their neighbours' shapes and their bodies
+    # (the other vertebrae take no part: their boundaries are the model's).
     region = sorted(involved)
     region_boxes = [b for b in (boxes[v - 1] for v in region) if b is not None]
     box = tuple(slice(min(b[a].start for b in region_boxes), max(b[a].stop for b in region_boxes))
@@ -213,7 +215,8 @@ def vertebra_series(labels: np.ndarray, geometry: Geometry, names: Mapping[int, 
         changes.append({"piece": names[old], "to": names[new], "voxels": int(sizes[p]),
                         "rule": SERIES_RULE if count_bodies.get(old, 0) > 1 or old not in single
                         else "a vertebra's bone follows its body",
-                        "anchor": f"body of {names[new]}, reached through the bone; series: "
+                        "anchor": f"body of {names[new]}"
+                        + (" and a neighbour's shape" if shaped else "") + ", reached through the bone; series: "
                         + ", ".join(VERTEBRA_LEVELS[n] for n in assigned)})
     return (out if moved else labels), changes, flags
 
@@ -226,16 +229,20 @@ def _normal(core: _Core, spacing: np.ndarray) -> np.ndarray:
 
 
 def _rotation(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking the unit axis ``a`` onto the axis ``b`` (either sense)."""
+    """The smallest rotation taking the unit axis ``a`` onto the axis ``b`` (either sense); none
+    when they differ by more than :data:`_MAX_TILT_DEG` (an axis measured on a body core that is
+    not flat tells nothing)."""
     if float(a @ b) < 0:
         b = -b
     v, c = np.cross(a, b), float(a @ b)
-    if np.linalg.norm(v) < 1e-9:
+    if np.linalg.norm(v) < 1e-9 or c < np.cos(np.radians(_MAX_TILT_DEG)):
         return np.eye(3)
     k = np.array([[0.0, -v[2], v[1]], [v[2], 0.0, -v[0]], [-v[1], v[0], 0.0]])
     return np.asarray(np.eye(3) + k + k @ k / (1.0 + c), dtype=float)
 
 
+#: Neighbouring vertebrae turn against each other by at most this (degrees) along the spine's curve.
+_MAX_TILT_DEG = 25.0
 #: A direction in patient space (mm, LPS) that settles ties of rounding and of the choice between
 #: equally good placements the same way whatever the storage order.
 _WORLD_NUDGE = np.array([0.0317, 0.011, 0.007])

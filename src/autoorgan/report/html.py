@@ -17,8 +17,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import quote
 
-from autoorgan.errors import OutputError
-from autoorgan.io.writing import atomic_path
+from autoorgan.io.writing import write_text
 
 #: How many structures' volumes a row shows (the largest ones).
 MAIN_STRUCTURES = 6
@@ -190,10 +189,4 @@ def render_index(rows: Sequence[CaseRow], *, title: str, extra_links: Sequence[t
 def write_index(target: Path, rows: Sequence[CaseRow], *, title: str,
                 extra_links: Sequence[tuple[str, str]] = ()) -> Path:
     """Write the overview page atomically."""
-    text = render_index(rows, title=title, extra_links=extra_links)
-    try:
-        with atomic_path(target) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    return target
+    return write_text(render_index(rows, title=title, extra_links=extra_links), target)

@@ -43,7 +43,7 @@ from autoorgan.anatomy.checks import check_anatomy
 from autoorgan.errors import AutoOrganError, InputError
 from autoorgan.io.cases import Case, find_cases
 from autoorgan.io.image import Geometry, Volume
-from autoorgan.io.orientation import all_axcodes
+from autoorgan.io.orientation import all_axcodes, parse_orientation
 from autoorgan.io.reading import read_case
 from autoorgan.io.writing import file_digest
 from autoorgan.models.orientation import CALIBRATION_FILE, write_calibration
@@ -246,7 +246,12 @@ def calibrate(task_name: str, inputs: Sequence[Path], *, models_dir: Path | None
     cases = [c for path in inputs for c in find_cases(Path(path))]
     if not cases:
         raise InputError("no CT found in " + ", ".join(str(p) for p in inputs))
-    codes = list(candidates) if candidates else all_axcodes()
+    try:
+        codes = [parse_orientation(c) or "" for c in candidates] if candidates else all_axcodes()
+    except ValueError as exc:
+        raise InputError(f"candidate orientations: {exc}") from None
+    if "" in codes:
+        raise InputError("candidate orientations are axis codes; 'native' is not one")
     segmenter = load_segmenter(location, task, resolve_device(device), PredictOptions().speed(),
                                trust_checkpoint=trust_checkpoint)
     segmenter.measure_confidence = True

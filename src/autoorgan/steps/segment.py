@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Protocol
 
 import numpy as np
@@ -182,8 +182,6 @@ def anatomy_checks(task: Task, raw: np.ndarray, repaired: np.ndarray, volume: Vo
     swapped = side_swaps(raw, repaired, task.labels) if repaired is not raw else []
     if not swapped:
         return report
-    from dataclasses import replace
-
     checks = tuple(replace(c, tested=c.tested + len(swapped),
                            failures=(*c.failures, *(f"the repair moved most of {n} to the other side" for n in swapped)))
                    if c.name == "sides" else c for c in report.checks)

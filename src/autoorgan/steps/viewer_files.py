@@ -49,9 +49,8 @@ from typing import Any
 import numpy as np
 
 from autoorgan.batch.job import LABEL_MAP_FIELDS, BatchResult, CaseContext
-from autoorgan.errors import OutputError
 from autoorgan.io.safe_paths import path_inside
-from autoorgan.io.writing import atomic_path
+from autoorgan.io.writing import write_text
 from autoorgan.registry.colors import RGB, label_colors
 from autoorgan.registry.tasks import Task
 
@@ -158,16 +157,6 @@ class SegNrrdStep:
         ctx.artifacts[LABEL_MAP_FIELDS] = fields
         if not any(key.endswith("_LabelValue") for key in fields):
             log.warning("%s: no structure found; the .seg.nrrd has no segment", ctx.case.case_id)
-
-
-def write_text(text: str, target: Path) -> Path:
-    """Write UTF-8 text atomically; :class:`OutputError` (one line) if the folder cannot take it."""
-    try:
-        with atomic_path(target) as tmp:
-            tmp.write_text(text, encoding="utf-8")
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
-    return target
 
 
 def viewer_table_stem(task_name: str) -> str:
