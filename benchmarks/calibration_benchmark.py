@@ -132,6 +132,8 @@ def timing(work: Path, candidates: int | None) -> dict[str, Any]:
         result = exc.calibration
     seconds = time.perf_counter() - started
     row = {"model": "nnU-Net default 3d_fullres (1.5 mm, random weights)", "ct": "example_ct (122x101x112, 3 mm)",
+           "patch_size": list(json.loads((bench.model_folder / "plans.json").read_text())["configurations"]
+                              ["3d_fullres"]["patch_size"]),
            "candidates": len(result.candidates), "seconds": round(seconds, 1),
            "seconds_per_candidate": round(seconds / len(result.candidates), 2)}
     print(json.dumps(row), flush=True)
