@@ -177,6 +177,16 @@ def _middle_rib(labels: np.ndarray, names: Mapping[int, str], side: str) -> int 
     return inner[len(inner) // 2] if inner else None
 
 
+def _top_rib_run(labels: np.ndarray, names: Mapping[int, str], side: str) -> int | None:
+    """The first rib number of one side followed by the next three in the map, with a number
+    above it (``None`` without): its first two ribs, numbered as the ones above, leave one
+    number twice and one missing lower down, which the series alone reads as the top rib's
+    number shifted up."""
+    numbers = sorted(k for s, k in _present_ribs(labels, names).values() if s == side)
+    runs = [k for k in numbers if k > 1 and all(k + j in numbers for j in (1, 2, 3))]
+    return runs[0] if runs else None
+
+
 def _middle_vertebra(labels: np.ndarray, names: Mapping[int, str]) -> int | None:
     """Level index of the largest vertebra whose two neighbours are in the map (``None`` without)."""
     values, counts = np.unique(labels[labels > 0], return_counts=True)
@@ -206,6 +216,15 @@ def series_corruptions(case) -> dict[str, tuple[str, np.ndarray]]:  # type: igno
             out["rib head end numbered as the one below"] = ("ribs", relabel_part(
                 case.ribs, case.geometry, this, below, 0.4, front=False))
             out["neighbouring ribs swapped"] = ("ribs", swap_labels(case.ribs, this, below))
+    top = _top_rib_run(case.ribs, ribs_names, "left")
+    if top is not None:  # the first rib's number on the second, the second's on the third
+        first, second, third = (int(_value(ribs_names, f"rib_left_{j}") or 0) for j in (top, top + 1, top + 2))
+        out["two ribs each numbered as the one above"] = ("ribs", relabel_whole(
+            relabel_whole(case.ribs, second, first), third, second))
+    if case.vertebrae.any():  # the same rib errors where the case has no vertebrae map
+        for name, alone in zip(SERIES_RIB_CORRUPTIONS, RIBS_ALONE_CORRUPTIONS, strict=True):
+            if name in out:
+                out[alone] = (RIBS_ALONE, out[name][1])
     level = _middle_vertebra(case.vertebrae, vert_names)
     if level is not None:
         vert = {j: _value(vert_names, f"vertebrae_{VERTEBRA_LEVELS[j]}") for j in (level - 1, level, level + 1)}
@@ -225,7 +244,11 @@ def series_corruptions(case) -> dict[str, tuple[str, np.ndarray]]:  # type: igno
 
 SERIES_RIB_CORRUPTIONS = ("rib numbered as the one above", "rib numbered as the one below",
                           "rib front numbered as the one above", "rib head end numbered as the one below",
-                          "neighbouring ribs swapped")
+                          "neighbouring ribs swapped", "two ribs each numbered as the one above")
+#: The task of a corrupted ribs map repaired without a vertebrae map (the numbering's anchors are
+#: then the series and the other side's ribs).
+RIBS_ALONE = "ribs, no vertebrae"
+RIBS_ALONE_CORRUPTIONS = tuple(f"{name} ({RIBS_ALONE})" for name in SERIES_RIB_CORRUPTIONS)
 SERIES_VERTEBRA_CORRUPTIONS = ("vertebra numbered as the one above", "vertebra numbered as the one below",
                                "posterior elements of a vertebra numbered as the next",
                                "neighbouring vertebrae swapped")
@@ -298,10 +321,14 @@ def unscored_corruptions(case, series: bool = False) -> dict[str, str]:  # type:
     }
     if series:
         reasons.update({name: "no left rib with both neighbours in the map" for name in SERIES_RIB_CORRUPTIONS})
+        reasons["two ribs each numbered as the one above"] = "no four consecutive left ribs below rib 1"
+        reasons.update({name: "no vertebrae map to leave out, or the class is not scored"
+                        for name in RIBS_ALONE_CORRUPTIONS})
         reasons.update({name: "no vertebra with both neighbours in the map" for name in SERIES_VERTEBRA_CORRUPTIONS})
     if not case.ribs.any():
         reasons.update({name: "no ribs in this reference" for name in reasons if name in (
-            "numbering shifted", "junction erased", "sides swapped", *SERIES_RIB_CORRUPTIONS)})
+            "numbering shifted", "junction erased", "sides swapped", *SERIES_RIB_CORRUPTIONS,
+            *RIBS_ALONE_CORRUPTIONS)})
     if series and not case.arches:
         reasons["posterior elements of a vertebra numbered as the next"] = "the vertebrae are boxes without arches"
     out = {name: why for name, why in reasons.items() if name not in made}
@@ -315,6 +342,8 @@ def repair_case_map(case, task: str, labels: np.ndarray):  # type: ignore[no-unt
     """Repair ``labels`` (a map of ``task``) with the case's other maps as companions."""
     from autoorgan.postprocess.repair import Companions, repair_labels
 
+    if task == RIBS_ALONE:
+        return repair_labels(labels, case.geometry, task_names("ribs"), companions=Companions(ct=case.ct))
     if task == "ribs":
         companions = Companions(vertebrae=case.vertebrae if case.vertebrae.any() else None,
                                 vertebra_names=task_names("vertebrae"), ct=case.ct,
@@ -338,10 +367,12 @@ def evaluate(case, orientations: tuple[str, ...], seed: int = 0,  # type: ignore
     for codes in orientations:
         oriented = case.reoriented(codes) if codes != "as stored" else case
         plan_maps = {"none": ("ribs", case.ribs), "none (vertebrae)": ("vertebrae", case.vertebrae), **base}
+        if case.vertebrae.any():
+            plan_maps[f"none ({RIBS_ALONE})"] = (RIBS_ALONE, case.ribs)
         for name, (task, corrupted) in plan_maps.items():
-            if (task == "vertebrae" and not case.vertebrae.any()) or (task == "ribs" and not case.ribs.any()):
+            if (task == "vertebrae" and not case.vertebrae.any()) or (task != "vertebrae" and not case.ribs.any()):
                 continue
-            reference = case.ribs if task == "ribs" else case.vertebrae
+            reference = case.vertebrae if task == "vertebrae" else case.ribs
             if codes != "as stored":
                 from autoorgan.io.orientation import plan_reorientation
 

@@ -31,6 +31,17 @@ def test_number_series_resolves_duplicates_and_order() -> None:
     assert number_series([Member(0.0, {1: 1.0}), Member(-1.0, {1: 1.0})], [1]) is None  # no room
 
 
+def test_number_series_takes_the_other_side_as_the_last_anchor() -> None:
+    # 7, 7, 8, 10: either the top rib is 6 (one change) or the next two are 8 and 9 (two changes).
+    ribs = [Member(-20.0 * i, {n: 1.0}) for i, n in enumerate((7, 7, 8, 10))]
+    assert number_series(ribs, range(1, 13), 20.0) == [6, 7, 8, 10]  # fewest changes alone
+    # The other side's ribs at the same heights are 7, 8, 9, 10: their hints decide.
+    assert number_series(ribs, range(1, 13), 20.0, [7, 8, 9, 10]) == [7, 8, 9, 10]
+    # One hint against the voxels of two ribs: 7, 8, 8, 10 stays 7, 8, 9, 10.
+    gap = [Member(-20.0 * i, {n: 1.0}) for i, n in enumerate((7, 8, 8, 10))]
+    assert number_series(gap, range(1, 13), 20.0, [6, None, None, None]) == [7, 8, 9, 10]
+
+
 @pytest.mark.parametrize("codes", ["RAS", "PIR"])
 def test_rib_numbered_as_its_neighbour_takes_the_missing_number(codes: str) -> None:
     reference, vertebrae = spine_and_ribs()
@@ -110,16 +121,60 @@ def _series_rows(case, classes: tuple[str, ...]):  # type: ignore[no-untyped-def
 
 
 def test_real_reference_rib_numbering_errors_are_repaired_in_every_orientation(real_data: Path) -> None:
+    """With its vertebrae map and without it: then the series and the other side's ribs are the
+    only anchors ("two ribs each numbered as the one above" needs the other side)."""
     from repair_cases import totalsegmentator_case
-    from repair_corruptions import SERIES_RIB_CORRUPTIONS
+    from repair_corruptions import RIBS_ALONE_CORRUPTIONS, SERIES_RIB_CORRUPTIONS
 
     case = totalsegmentator_case(real_data / "totalsegmentator", "example_seg_fast_force_split.nii.gz",
                                  ct="example_ct.nii.gz")
-    rows = _series_rows(case, SERIES_RIB_CORRUPTIONS)
-    assert {r.corruption for r in rows if r.scores.corrupted} == set(SERIES_RIB_CORRUPTIONS)
+    classes = SERIES_RIB_CORRUPTIONS + RIBS_ALONE_CORRUPTIONS
+    rows = [r for r in _series_rows(case, classes) if r.task != "vertebrae"]
+    assert {r.corruption for r in rows if r.scores.corrupted} == set(classes)
     for r in rows:
-        if r.task == "ribs":
-            assert r.scores.restored_pct >= 95.0 and r.scores.collateral_pct <= 0.1, r
+        assert r.scores.restored_pct >= 95.0 and r.scores.collateral_pct <= 0.1, r
+    by_corruption: dict[str, set[tuple[int, int, int]]] = {}
+    for r in rows:
+        by_corruption.setdefault(r.corruption, set()).add((r.scores.corrupted, r.scores.restored, r.scores.collateral))
+    assert all(len(v) == 1 for v in by_corruption.values()), by_corruption
+
+
+@pytest.mark.parametrize("codes", ["RAS", "PIR"])
+def test_two_ribs_numbered_as_the_ones_above_take_the_other_sides_numbers(codes: str) -> None:
+    """Without vertebrae, rib 9 labelled 8 beside rib 10 labelled 9 reads as the top rib being 8
+    (one change) or as the next two being 10 and 11 (two changes); the right side decides."""
+    reference, _ = spine_and_ribs()
+    corrupted = reference.copy()
+    corrupted[reference == RIB["rib_left_10"]] = RIB["rib_left_9"]
+    corrupted[reference == RIB["rib_left_11"]] = RIB["rib_left_10"]
+    labels, geometry = reorient(corrupted, RAS, codes)
+    out, details = fix_ribs(labels, geometry, RIBS)
+    assert np.array_equal(back(out, geometry, codes), reference)
+    assert details["flags"] == []
+    assert {(c["piece"], c["to"], c["anchor"]) for c in details["changes"]} == {
+        ("rib_left_9", "rib_left_10", "other side: rib_right_10 at the same height"),
+        ("rib_left_10", "rib_left_11", "other side: rib_right_11 at the same height")}
+
+
+@pytest.mark.parametrize("codes", ["RAS", "LPS"])
+def test_sides_numbered_apart_are_flagged_when_nothing_says_which_is_right(codes: str) -> None:
+    reference, vertebrae = spine_and_ribs()
+    shifted = reference.copy()
+    for k in (10, 11, 12):  # the left side one number up, rib 9's number gone
+        shifted[reference == RIB[f"rib_left_{k}"]] = RIB[f"rib_left_{k - 1}"]
+    shifted[reference == RIB["rib_left_9"]] = RIB["rib_left_8"]
+    labels, geometry = reorient(shifted, RAS, codes)
+    out, details = fix_ribs(labels, geometry, RIBS)
+    assert np.array_equal(out, labels)  # each side is a consistent series: nothing to change
+    assert details["flags"] == [("left and right ribs at the same height carry different numbers (rib_left_8 beside "
+                                 "rib_right_9, rib_left_9 beside rib_right_10, rib_left_10 beside rib_right_11, "
+                                 "rib_left_11 beside rib_right_12)")]
+    # With the vertebrae, rib k meets Tk: the shift is undone and nothing is left to flag.
+    fixed, details = fix_ribs(labels, geometry, RIBS, vertebrae=reorient(vertebrae, RAS, codes)[0],
+                              vertebra_names=VERTEBRAE)
+    assert np.array_equal(back(fixed, geometry, codes), reference) and details["flags"] == []
+    unchanged, details = fix_ribs(*reorient(reference, RAS, codes), RIBS)
+    assert np.array_equal(back(unchanged, geometry, codes), reference) and details["flags"] == []
 
 
 def test_real_lumbar_vertebra_numbering_errors_are_repaired_in_every_orientation(real_data: Path) -> None:

@@ -4,8 +4,10 @@ First, detached pieces of a rib that carry another rib's label (a broken rib wit
 fragments) are merged into the rib they are attached to. Then the numbering is checked: with
 vertebra labels (the same map, or a companion vertebrae map), each rib head's height is
 expressed as a continuous vertebral level, and rib *k* must sit at thoracic level T*k*; a
-consistent shift of one side's numbering is undone. Without vertebrae, ribs are only put in
-head-to-feet order.
+consistent shift of one side's numbering is undone. Before that, each side's ribs are numbered as
+one series; where a side carries a number twice and its series leaves a choice, the other side's
+ribs at the same height decide. Left and right ribs at the same height that end with different
+numbers are flagged.
 
 :func:`anchor_rib_numbers` is the numbering alone, for a ribs map and a vertebrae map of one
 case (e.g. the two task maps of a multi-task run).
@@ -57,10 +59,12 @@ def fix_ribs(labels: np.ndarray, geometry: Geometry, names: Mapping[int, str], *
                for c in comps.existing() if lut[c] != comps.label[c]]
     merged_lut = lut
     names_by = {n: v for v, n in names.items()}
-    lut, series_changes, flags = _series_ribs(comps, lut, geometry, names, ribs)
     if vertebrae is None and vertebra_values(names):
         vertebrae, vertebra_names = labels, names
-    lut, details = _renumber(comps, lut, geometry, names, ribs, vertebrae, vertebra_names)
+    midline = _rib_midline(comps, lut, geometry, ribs, vertebrae, names if vertebrae is labels else None)
+    lut, series_changes, flags, spacing = _series_ribs(comps, lut, geometry, names, ribs, midline)
+    lut, details = _renumber(comps, lut, geometry, names, ribs, vertebrae, vertebra_names, midline)
+    flags += _sides_disagree(comps, lut, geometry, names, ribs, midline, spacing)
     changes += series_changes + details.pop("changes", [])
     # Ribs renumbered: the labels whose bones (not only a part of one) carry another number now.
     details["ribs_renumbered"] = len({int(merged_lut[c]) for c in comps.existing() if lut[c] != merged_lut[c]}
@@ -106,7 +110,8 @@ def rib_head_levels(ribs: np.ndarray, vertebrae: np.ndarray, geometry: Geometry,
     rib_names, vertebra_names = _default_tables(rib_names, vertebra_names)
     table = {v: rib for v, n in rib_names.items() if (rib := rib_of(n)) is not None}
     comps = Components(ribs)
-    heads = _rib_heads(comps, comps.identity_lut(), geometry, table, vertebrae, None)
+    lut = comps.identity_lut()
+    heads = _rib_heads(comps, lut, geometry, table, _rib_midline(comps, lut, geometry, table, vertebrae, None))
     axis = _vertebra_level_axis(vertebrae, geometry, vertebra_names)
     return {rib_names[v]: (axis.level(h) if axis is not None and h is not None else None) for v, h in heads.items()}
 
@@ -124,10 +129,13 @@ def _default_tables(rib_names: Mapping[int, str] | None, vertebra_names: Mapping
 
 def _renumber(comps: Components, lut: np.ndarray, geometry: Geometry, names: Mapping[int, str],
               ribs: Mapping[int, tuple[str, int]], vertebrae: np.ndarray | None,
-              vertebra_names: Mapping[int, str] | None) -> tuple[np.ndarray, dict[str, Any]]:
+              vertebra_names: Mapping[int, str] | None, midline: Midline | None = None
+              ) -> tuple[np.ndarray, dict[str, Any]]:
     """``lut`` (component → label) with the rib numbering fixed, and what changed."""
     merged_map = vertebrae is comps.labels
-    heads = _rib_heads(comps, lut, geometry, ribs, vertebrae, names if merged_map else None)
+    if midline is None:
+        midline = _rib_midline(comps, lut, geometry, ribs, vertebrae, names if merged_map else None)
+    heads = _rib_heads(comps, lut, geometry, ribs, midline)
     levels = _vertebra_level_axis(vertebrae, geometry, vertebra_names) if vertebrae is not None else None
     if levels is not None:
         remap, method = _anchor_on_vertebrae(heads, ribs, names, levels), "vertebrae"
@@ -189,19 +197,11 @@ def _merge_fragments(comps: Components, ribs: Mapping[int, tuple[str, int]]) -> 
     return lut, merged
 
 
-def _rib_heads(comps: Components, lut: np.ndarray, geometry: Geometry, ribs: Mapping[int, tuple[str, int]],
-               vertebrae: np.ndarray | None, names: Mapping[int, str] | None) -> dict[int, float | None]:
-    """Head coordinate (mm) of each rib's head: its most medial, most posterior part.
-
-    The rib voxels are the components whose label in ``lut`` is a rib. ``None`` where that part
-    lies on the border of the image: the rib is cut by the field of view and its real head is
-    not in the image. ``names`` is the table of a merged map whose own midline structures
-    give the midline.
-    """
+def _rib_midline(comps: Components, lut: np.ndarray, geometry: Geometry, ribs: Mapping[int, tuple[str, int]],
+                vertebrae: np.ndarray | None, names: Mapping[int, str] | None) -> Midline:
+    """The body's midline for finding rib heads: from the midline structures of a merged map
+    (``names``: its table), else from the vertebrae, else halfway between the outermost ribs."""
     frame = PatientFrame.of(geometry)
-    rib_comps = np.flatnonzero(np.isin(lut, list(ribs)) & (np.arange(len(lut)) > 0))
-    points = comps.points(rib_comps)
-    values = np.repeat(lut[rib_comps], [int(comps.sizes[c]) for c in rib_comps])
     midline: Midline | None = None
     if names is not None:
         midline = find_midline(comps.labels, geometry, {v: n for v, n in names.items() if is_midline(n)},
@@ -209,20 +209,37 @@ def _rib_heads(comps: Components, lut: np.ndarray, geometry: Geometry, ribs: Map
     elif vertebrae is not None:
         midline = find_midline(comps.labels, geometry, {}, vertebrae=vertebrae)
     if midline is None:
-        lefts = frame.left(points)
+        rib_comps = np.flatnonzero(np.isin(lut, list(ribs)) & (np.arange(len(lut)) > 0))
+        points = comps.points(rib_comps)
+        lefts = frame.left(points) if len(points) else np.zeros(1)
         midline = Midline(np.array([0.0]), np.array([(lefts.min() + lefts.max()) / 2]), "ribs")
-    border = np.asarray(comps.labels.shape) - 1
-    heads: dict[int, float | None] = {}
-    for value in np.unique(values):
-        mine = points[values == value]
-        h = frame.head(mine)
-        lateral = np.abs(frame.left(mine) - midline.at(h))
-        ant = frame.anterior(mine)
-        score = lateral + (ant - ant.min())
-        band = score <= score.min() + _HEAD_BAND_MM
-        cut = bool(((mine[band] == 0) | (mine[band] == border)).any())
-        heads[int(value)] = None if cut else float(h[band].mean())
-    return heads
+    return midline
+
+
+def _head_height(points: np.ndarray, frame: PatientFrame, midline: Midline, shape: tuple[int, ...]) -> float | None:
+    """Head coordinate (mm) of a rib's head, its most medial, most posterior part, given the
+    rib's voxels; ``None`` where that part lies on the border of the image (the rib is cut by the
+    field of view and its real head is not in the image)."""
+    h = frame.head(points)
+    lateral = np.abs(frame.left(points) - midline.at(h))
+    ant = frame.anterior(points)
+    score = lateral + (ant - ant.min())
+    band = score <= score.min() + _HEAD_BAND_MM
+    border = np.asarray(shape) - 1
+    cut = bool(((points[band] == 0) | (points[band] == border)).any())
+    return None if cut else float(h[band].mean())
+
+
+def _rib_heads(comps: Components, lut: np.ndarray, geometry: Geometry, ribs: Mapping[int, tuple[str, int]],
+               midline: Midline) -> dict[int, float | None]:
+    """Head coordinate (mm) of each rib's head (:func:`_head_height`); the rib voxels are the
+    components whose label in ``lut`` is a rib."""
+    frame = PatientFrame.of(geometry)
+    rib_comps = np.flatnonzero(np.isin(lut, list(ribs)) & (np.arange(len(lut)) > 0))
+    points = comps.points(rib_comps)
+    values = np.repeat(lut[rib_comps], [int(comps.sizes[c]) for c in rib_comps])
+    return {int(value): _head_height(points[values == value], frame, midline, comps.labels.shape)
+            for value in np.unique(values)}
 
 
 class _LevelAxis:
@@ -337,7 +354,7 @@ class _Piece:
     height: float  # mean head coordinate (mm)
     #: Per cell size of :data:`_CELLS_MM`: sorted cell keys in the axial plane and the mean head
     #: coordinate in each cell.
-    cells: list[tuple[np.ndarray, np.ndarray]]
+    cells: Cells
 
 
 #: Cells are laid out in world coordinates, shifted off round millimetres, so that every storage
@@ -366,24 +383,45 @@ def _rib_pieces(comps: Components, lut: np.ndarray, geometry: Geometry, values: 
         if size > _MAX_CELL_POINTS:  # the cell heights need no more than an even sample
             points = points[:: -(-size // _MAX_CELL_POINTS)]
         # World position (LPS: x towards the left, y posterior, z towards the head) in mm.
-        left = frame.left(points) + origin[0] + _CELL_SHIFT_MM
-        ant = frame.anterior(points) - origin[1] + _CELL_SHIFT_MM
         head = frame.head(points)
-        cells = []
-        for cell in _CELLS_MM:
-            key = np.floor(left / cell).astype(np.int64) * 100_003 + np.floor(ant / cell).astype(np.int64)
-            keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
-            cells.append((keys, np.bincount(inverse, weights=head) / counts))
+        cells = _cell_heights(frame.left(points) + origin[0], frame.anterior(points) - origin[1], head)
         pieces.append(_Piece(members, int(lut[members[0]]), size, float(head.mean()), cells))
     return pieces
 
 
-def _height_difference(a: _Piece, b: _Piece) -> tuple[float, float]:
-    """Weight of the comparison of two pieces and the median height of ``a`` above ``b`` where
-    they share cells of the axial plane: the smallest cells they share, each coarser size
-    weighing a quarter as much (pieces of different parts of two ribs are compared coarsely)."""
+Cells = list[tuple[np.ndarray, np.ndarray]]
+
+
+def _cell_heights(across: np.ndarray, ant: np.ndarray, head: np.ndarray) -> Cells:
+    """Per cell size of :data:`_CELLS_MM`: the sorted keys of the cells of the axial plane that
+    points at ``across`` and ``ant`` (mm) fall in, and the mean ``head`` coordinate in each."""
+    across, ant = across + _CELL_SHIFT_MM, ant + _CELL_SHIFT_MM
+    cells = []
+    for cell in _CELLS_MM:
+        key = np.floor(across / cell).astype(np.int64) * 100_003 + np.floor(ant / cell).astype(np.int64)
+        keys, inverse, counts = np.unique(key, return_inverse=True, return_counts=True)
+        cells.append((keys, np.bincount(inverse, weights=head) / counts))
+    return cells
+
+
+def _mirrored_cells(points: np.ndarray, geometry: Geometry, midline: Midline) -> Cells:
+    """Cell heights (:func:`_cell_heights`) of a rib's voxels in the plane of distance from the
+    midline and front-to-back position: the left rib *k* and the right rib *k* share these cells
+    at the same heights (the ribs are mirror images), neighbouring numbers a rib spacing apart."""
+    if len(points) > _MAX_CELL_POINTS:
+        points = points[:: -(-len(points) // _MAX_CELL_POINTS)]
+    frame = PatientFrame.of(geometry)
+    head = frame.head(points)
+    lateral = np.abs(frame.left(points) - midline.at(head))
+    return _cell_heights(lateral, frame.anterior(points) - float(geometry.origin[1]), head)
+
+
+def _height_difference(a: Cells, b: Cells) -> tuple[float, float]:
+    """Weight of the comparison of two pieces' cell heights and the median height of ``a``
+    above ``b`` where they share cells of the axial plane: the smallest cells they share, each
+    coarser size weighing a quarter as much (different parts of two ribs are compared coarsely)."""
     weight = 1.0
-    for (keys_a, heights_a), (keys_b, heights_b) in zip(a.cells, b.cells, strict=True):
+    for (keys_a, heights_a), (keys_b, heights_b) in zip(a, b, strict=True):
         _, ia, ib = np.intersect1d(keys_a, keys_b, assume_unique=True, return_indices=True)
         if len(ia):
             return weight * len(ia), float(np.median(heights_a[ia] - heights_b[ib]))
@@ -391,82 +429,83 @@ def _height_difference(a: _Piece, b: _Piece) -> tuple[float, float]:
     return 0.0, 0.0
 
 
+@dataclass
+class _Side:
+    """One side's ribs as a series: its pieces, the ribs they form, and their order."""
+
+    side: str
+    pieces: list[_Piece]
+    ribs_found: list[list[int]]  # piece indices of each rib
+    members: list[Member]
+    order: list[int]  # ribs head to feet
+    spacing: float | None
+    touching: set[tuple[int, int]]
+    assigned: list[int] | None = None  # the number of each rib in ``order``
+    cells: list[Cells] | None = None  # mirrored cell heights of each rib in ``order``
+
+
 def _series_ribs(comps: Components, lut: np.ndarray, geometry: Geometry, names: Mapping[int, str],
-                 ribs: Mapping[int, tuple[str, int]]) -> tuple[np.ndarray, list[dict[str, Any]], list[str]]:
-    """Each side's ribs made one ordered run of distinct numbers (see :mod:`autoorgan.postprocess.series`).
+                 ribs: Mapping[int, tuple[str, int]], midline: Midline
+                 ) -> tuple[np.ndarray, list[dict[str, Any]], list[str], float | None]:
+    """Each side's ribs made one ordered run of distinct numbers (see :mod:`autoorgan.postprocess.series`),
+    the changes, the flags and the rib spacing (mm; ``None`` where no side showed it).
 
     Rib pieces (touching components of one label) are compared where they share cells of the
     axial plane: a piece lying a rib spacing above another there is a different rib (*stacked*).
     Pieces that touch and are not stacked are one bone (a label boundary along one rib); pieces of
     one label that are not stacked and lie at the same place of the series are one rib cut apart.
-    Each rib then takes the number the series needs, changing as few voxels as possible.
+    Each rib then takes the number the series needs, changing as few voxels as possible. Where a
+    side carries a number twice, the other side's rib at the same height (:func:`_same_height`)
+    hints each rib's number: it decides between numberings the side alone cannot tell apart.
     """
     by_name = {n: v for v, n in names.items()}
     changes: list[dict[str, Any]] = []
     flags: list[str] = []
     lut = lut.copy()
+    numbers = list(range(1, 13))
+    sides: dict[str, _Side] = {}
     for side in ("left", "right"):
-        values = [v for v, (s, _) in ribs.items() if s == side]
-        pieces = _rib_pieces(comps, lut, geometry, values)
-        if len(pieces) < 2:
+        series = _side_series(comps, lut, geometry, ribs, side)
+        if series is None:
             continue
-        biggest = max(p.size for p in pieces)
-        pieces = [p for p in pieces if p.size >= _MIN_MEMBER_SHARE * biggest]
-        if len(pieces) < 2:
+        series.assigned = number_series([series.members[k] for k in series.order], numbers, series.spacing)
+        if series.assigned is None:
+            flags.append(f"{side} ribs: {len(series.order)} ribs found, more than 12 numbers")
             continue
-        count = len(pieces)
-        shared = np.zeros((count, count))
-        above = np.zeros((count, count))
-        for i in range(count):
-            for j in range(i + 1, count):
-                n, d = _height_difference(pieces[i], pieces[j])
-                shared[i, j] = shared[j, i] = n
-                above[i, j], above[j, i] = d, -d
-        close = shared >= _CLOSE_WEIGHT  # compared in fine cells: the height difference is evidence
-        different = [abs(above[i, j]) for i in range(count) for j in range(i + 1, count)
-                     if close[i, j] and pieces[i].value != pieces[j].value]
-        spacing = usual_spacing([0.0, *different], _MIN_STACK_MM) if different else None
-        stack_mm = max(0.5 * spacing, _MIN_STACK_MM) if spacing else _MIN_STACK_MM
-        stacked = {(i, j) for i in range(count) for j in range(count) if close[i, j] and abs(above[i, j]) >= stack_mm}
-        offset = _offsets(pieces, shared, above)
-        groups = UnionFind(count, stacked)
-        # Pieces that share fine cells without being stacked may be one bone: do they touch?
-        touching: set[tuple[int, int]] = set()
-        for i in range(count):
-            for j in range(i + 1, count):
-                if not close[i, j] or (i, j) in stacked:
-                    continue
-                small = min(i, j, key=lambda k: pieces[k].size)
-                other_comps = set(pieces[j if small == i else i].comps)
-                if any(o in other_comps for c in pieces[small].comps for o in comps.neighbours(c)):
-                    touching.add((i, j))
-        for i, j in sorted(touching):
-            groups.union(i, j)
-        for i in range(count):
-            for j in range(i + 1, count):
-                if pieces[i].value == pieces[j].value:
-                    groups.union(i, j)
-        ribs_found = groups.groups()
-        members, order = _members(ribs_found, pieces, offset, ribs, stacked, above)
-        numbers = list(range(1, 13))
-        assigned = number_series([members[k] for k in order], numbers, spacing)
-        if assigned is None:
-            flags.append(f"{side} ribs: {len(order)} ribs found, more than 12 numbers")
-            continue
+        sides[side] = series
+    hinted: dict[str, list[int | None]] = {}
+    for side, series in sides.items():
+        other = sides.get("right" if side == "left" else "left")
+        in_order = [series.members[k] for k in series.order]
+        if other is None or len({m.current for m in in_order}) == len(in_order):
+            continue  # distinct numbers keep their set; nothing for a hint to decide
+        hints = _hints_from(series, other, comps, geometry, midline)
+        if any(h is not None for h in hints):
+            assigned = number_series(in_order, numbers, series.spacing, hints)
+            if assigned is not None and assigned != series.assigned:
+                hinted[side] = hints
+                series.assigned = assigned
+    for side, series in sides.items():
+        assert series.assigned is not None
+        pieces, order, assigned = series.pieces, series.order, series.assigned
         for rank, k in enumerate(order):
             target = by_name.get(f"rib_{side}_{assigned[rank]}")
             if target is None:
                 flags.append(f"{side} ribs: no label rib_{side}_{assigned[rank]} in the table")
                 continue
-            group = ribs_found[k]
+            group = series.ribs_found[k]
             for i in group:
                 piece = pieces[i]
                 if piece.value == target:
                     continue
-                one_bone = any(pieces[j].value == target and (min(i, j), max(i, j)) in touching for j in group)
-                neighbours = [names[by_name[f"rib_{side}_{assigned[r]}"]] for r in (rank - 1, rank + 1)
-                              if 0 <= r < len(order) and f"rib_{side}_{assigned[r]}" in by_name]
-                anchor = "series: " + (", ".join(neighbours) if neighbours else "no neighbour")
+                one_bone = any(pieces[j].value == target and (min(i, j), max(i, j)) in series.touching for j in group)
+                if side in hinted and hinted[side][rank] is not None:
+                    other_side = "right" if side == "left" else "left"
+                    anchor = f"other side: rib_{other_side}_{hinted[side][rank]} at the same height"
+                else:
+                    neighbours = [names[by_name[f"rib_{side}_{assigned[r]}"]] for r in (rank - 1, rank + 1)
+                                  if 0 <= r < len(order) and f"rib_{side}_{assigned[r]}" in by_name]
+                    anchor = "series: " + (", ".join(neighbours) if neighbours else "no neighbour")
                 changes.append({
                     "piece": names[piece.value], "to": names[target], "voxels": piece.size,
                     "rule": "one bone, one label" if one_bone else "one rib per number, in head-to-feet order",
@@ -475,11 +514,134 @@ def _series_ribs(comps: Components, lut: np.ndarray, geometry: Geometry, names: 
                     lut[c] = target
         for rank in range(1, len(order)):
             step = assigned[rank] - assigned[rank - 1]
-            distance = members[order[rank - 1]].position - members[order[rank]].position
-            if spacing and step > 1 and distance < 1.5 * spacing:
+            distance = series.members[order[rank - 1]].position - series.members[order[rank]].position
+            if series.spacing and step > 1 and distance < 1.5 * series.spacing:
                 flags.append(f"{side} ribs: rib_{side}_{assigned[rank - 1]} and rib_{side}_{assigned[rank]} lie "
                              f"one rib apart ({distance:.0f} mm) with {step - 1} number(s) between them missing")
-    return lut, changes, flags
+    spacings = [series.spacing for series in sides.values() if series.spacing]
+    return lut, changes, flags, (float(np.median(spacings)) if spacings else None)
+
+
+def _side_series(comps: Components, lut: np.ndarray, geometry: Geometry, ribs: Mapping[int, tuple[str, int]],
+                 side: str) -> _Side | None:
+    """The ribs of one side and their head-to-feet order (``None`` with fewer than two pieces)."""
+    values = [v for v, (s, _) in ribs.items() if s == side]
+    pieces = _rib_pieces(comps, lut, geometry, values)
+    if len(pieces) < 2:
+        return None
+    biggest = max(p.size for p in pieces)
+    pieces = [p for p in pieces if p.size >= _MIN_MEMBER_SHARE * biggest]
+    if len(pieces) < 2:
+        return None
+    count = len(pieces)
+    shared = np.zeros((count, count))
+    above = np.zeros((count, count))
+    for i in range(count):
+        for j in range(i + 1, count):
+            n, d = _height_difference(pieces[i].cells, pieces[j].cells)
+            shared[i, j] = shared[j, i] = n
+            above[i, j], above[j, i] = d, -d
+    close = shared >= _CLOSE_WEIGHT  # compared in fine cells: the height difference is evidence
+    different = [abs(above[i, j]) for i in range(count) for j in range(i + 1, count)
+                 if close[i, j] and pieces[i].value != pieces[j].value]
+    spacing = usual_spacing([0.0, *different], _MIN_STACK_MM) if different else None
+    stack_mm = max(0.5 * spacing, _MIN_STACK_MM) if spacing else _MIN_STACK_MM
+    stacked = {(i, j) for i in range(count) for j in range(count) if close[i, j] and abs(above[i, j]) >= stack_mm}
+    offset = _offsets(pieces, shared, above)
+    groups = UnionFind(count, stacked)
+    # Pieces that share fine cells without being stacked may be one bone: do they touch?
+    touching: set[tuple[int, int]] = set()
+    for i in range(count):
+        for j in range(i + 1, count):
+            if not close[i, j] or (i, j) in stacked:
+                continue
+            small = min(i, j, key=lambda k: pieces[k].size)
+            other_comps = set(pieces[j if small == i else i].comps)
+            if any(o in other_comps for c in pieces[small].comps for o in comps.neighbours(c)):
+                touching.add((i, j))
+    for i, j in sorted(touching):
+        groups.union(i, j)
+    for i in range(count):
+        for j in range(i + 1, count):
+            if pieces[i].value == pieces[j].value:
+                groups.union(i, j)
+    ribs_found = groups.groups()
+    members, order = _members(ribs_found, pieces, offset, ribs, stacked, above)
+    return _Side(side, pieces, ribs_found, members, order, spacing, touching)
+
+
+def _series_cells(series: _Side, comps: Components, geometry: Geometry, midline: Midline) -> list[Cells]:
+    """Mirrored cell heights (:func:`_mirrored_cells`) of each rib of ``series`` in its order."""
+    if series.cells is None:
+        series.cells = [_mirrored_cells(comps.points([c for i in series.ribs_found[k] for c in series.pieces[i].comps]),
+                                        geometry, midline) for k in series.order]
+    return series.cells
+
+
+def _same_height(mine: list[Cells], theirs: list[Cells], spacing_mm: float) -> list[int | None]:
+    """For each rib of ``mine`` (one side, head to feet), the index of the rib of ``theirs`` (the
+    other side, head to feet) at the same height, or ``None``.
+
+    The two sides are aligned as a whole: for each shift of one side's ribs against the other's,
+    the height differences of the ribs paired by it (:func:`_height_difference` of mirrored
+    cells) gather around one value, the tilt between the sides, which is near zero for the right
+    shift and about a rib spacing off for a wrong one. The shift whose median difference is
+    smallest is taken when it is below :data:`_SAME_HEIGHT_SHARE` of the spacing and less than
+    half of any other shift's; otherwise nothing is paired.
+    """
+    medians: dict[int, float] = {}
+    for shift in range(-len(mine) + 1, len(theirs)):
+        differences = [above for r in range(len(mine)) if 0 <= r + shift < len(theirs)
+                       for weight, above in [_height_difference(mine[r], theirs[r + shift])] if weight >= _CLOSE_WEIGHT]
+        if differences:
+            medians[shift] = abs(float(np.median(differences)))
+    if not medians:
+        return [None] * len(mine)
+    best = min(medians, key=lambda k: medians[k])
+    runner_up = min((m for k, m in medians.items() if k != best), default=np.inf)
+    if medians[best] >= _SAME_HEIGHT_SHARE * spacing_mm or medians[best] >= 0.5 * runner_up:
+        return [None] * len(mine)
+    return [r + best if 0 <= r + best < len(theirs) and _height_difference(mine[r], theirs[r + best])[0] >= _CLOSE_WEIGHT
+            else None for r in range(len(mine))]
+
+
+def _hints_from(series: _Side, other: _Side, comps: Components, geometry: Geometry,
+                midline: Midline) -> list[int | None]:
+    """Per rib of ``series`` (in order), the number the other side gives its rib at the same
+    height, or ``None``."""
+    assert other.assigned is not None
+    spacing = series.spacing or other.spacing or _DEFAULT_SPACING_MM
+    matches = _same_height(_series_cells(series, comps, geometry, midline),
+                           _series_cells(other, comps, geometry, midline), spacing)
+    return [other.assigned[m] if m is not None else None for m in matches]
+
+
+def _sides_disagree(comps: Components, lut: np.ndarray, geometry: Geometry, names: Mapping[int, str],
+                    ribs: Mapping[int, tuple[str, int]], midline: Midline, spacing_mm: float | None) -> list[str]:
+    """A flag when left and right ribs at the same height carry different numbers: one side's
+    numbering is off, and nothing in the map said which."""
+    cells: dict[str, list[tuple[int, Cells]]] = {"left": [], "right": []}
+    for value in sorted(np.unique(lut[comps.existing()]).tolist(), key=lambda v: ribs[v][1] if v in ribs else 0):
+        if int(value) in ribs:
+            points = comps.points(int(c) for c in np.flatnonzero(lut == value) if c > 0)
+            cells[ribs[int(value)][0]].append((int(value), _mirrored_cells(points, geometry, midline)))
+    if not cells["left"] or not cells["right"]:
+        return []
+    matches = _same_height([c for _, c in cells["left"]], [c for _, c in cells["right"]],
+                           spacing_mm or _DEFAULT_SPACING_MM)
+    pairs = [(names[v], names[cells["right"][m][0]]) for (v, _), m in zip(cells["left"], matches, strict=True)
+             if m is not None and ribs[v][1] != ribs[cells["right"][m][0]][1]]
+    if not pairs:
+        return []
+    listed = ", ".join(f"{a} beside {b}" for a, b in pairs)  # head to feet
+    return [f"left and right ribs at the same height carry different numbers ({listed})"]
+
+
+#: The left and right ribs are paired when their mirrored cells lie closer in height (after the
+#: tilt between the sides) than this share of the rib spacing (:func:`_same_height`).
+_SAME_HEIGHT_SHARE = 0.6
+#: Rib spacing assumed when a map shows too little to measure it (mm).
+_DEFAULT_SPACING_MM = 20.0
 
 
 #: Two ribs are stacked (different ribs) where one lies at least this far above the other (mm),

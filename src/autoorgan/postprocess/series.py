@@ -7,8 +7,10 @@ numbers on one bone. Fixing one piece at a time cannot tell which bone is wrong;
 :func:`number_series` takes the members of a series in head-to-feet order, each with the share of
 its voxels that carries each number, and returns the strictly increasing numbering that changes
 the fewest voxels (counted as a share of each member, so a whole rib weighs one) and, where the
-spacing of the members is known, leaves no gap the geometry does not explain. Pure: numbers in,
-numbers out.
+spacing of the members is known, leaves no gap the geometry does not explain. Where that still
+leaves a choice (two numbers each need the same changes), a number known from elsewhere for a
+member (for a rib: the number of the other side's rib at the same height) decides. Pure: numbers
+in, numbers out.
 """
 
 from __future__ import annotations
@@ -22,6 +24,11 @@ import numpy as np
 #: (beyond half a spacing of slack). Far below one: a gap never outweighs renumbering a
 #: member, it only decides between numberings that change equally much.
 GAP_WEIGHT = 0.02
+#: Cost of a member taking another number than the one known from elsewhere (a hint). Below
+#: one, so a member's own voxels outweigh its own hint; above a half, so the hints of two members
+#: outweigh the voxels of one: the other side's ribs decide between numberings that the series
+#: alone scores alike or nearly so.
+HINT_WEIGHT = 0.6
 
 
 @dataclass(frozen=True)
@@ -41,17 +48,18 @@ class Member:
         return max(self.votes, key=lambda n: (self.votes[n], -n))
 
 
-def number_series(members: Sequence[Member], numbers: Sequence[int], spacing_mm: float | None = None
-                  ) -> list[int] | None:
+def number_series(members: Sequence[Member], numbers: Sequence[int], spacing_mm: float | None = None,
+                  hints: Sequence[int | None] | None = None) -> list[int] | None:
     """Distinct numbers for ``members`` (given head first), increasing from head to feet.
 
     Members whose (majority) numbers are already distinct keep that set of numbers, put in
     head-to-feet order (an inverted or swapped numbering). Otherwise minimises the share of
     voxels whose number changes, plus :data:`GAP_WEIGHT` per member
     spacing by which the step between two neighbours' numbers differs from their distance
-    (``spacing_mm``: the usual distance between neighbours; ``None``: no gap term). ``numbers``
-    are the allowed numbers in head-to-feet order. ``None`` when there are more members than
-    numbers (the series cannot be made consistent).
+    (``spacing_mm``: the usual distance between neighbours; ``None``: no gap term), plus
+    :data:`HINT_WEIGHT` per member that does not take its hint (``hints``: per member, a number
+    known from elsewhere or ``None``). ``numbers`` are the allowed numbers in head-to-feet order.
+    ``None`` when there are more members than numbers (the series cannot be made consistent).
     """
     count, allowed = len(members), list(numbers)
     if count == 0:
@@ -62,6 +70,9 @@ def number_series(members: Sequence[Member], numbers: Sequence[int], spacing_mm:
     if count > len(allowed):
         return None
     change = np.array([[1.0 - float(m.votes.get(n, 0.0)) for n in allowed] for m in members])
+    for i, hint in enumerate(hints or ()):
+        if hint is not None:
+            change[i] += HINT_WEIGHT * (np.asarray(allowed) != hint)
     idx = np.arange(len(allowed))
     step = idx[None, :] - idx[:, None]  # step[j_prev, j]
     cost = change[0].copy()
