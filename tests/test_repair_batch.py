@@ -165,3 +165,21 @@ def test_single_broken_file_gets_a_failure_record_beside_the_output(tmp_path: Pa
     result = _repair("-i", str(source), "-o", str(tmp_path / "out" / "fixed.nii.gz"))
     assert result.exit_code == 1 and "label value(s) 200" in result.output
     assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["fixed.error.json"]
+
+
+def test_a_numbering_left_for_a_person_is_flagged_in_the_sidecar_and_the_log(tmp_path: Path, caplog) -> None:  # type: ignore[no-untyped-def]
+    """The left ribs one number up (a consistent series) beside the right ribs, no vertebrae:
+    nothing says which side is right, so the map is kept and the case says a person should look."""
+    reference, _ = spine_and_ribs()
+    shifted = reference.copy()
+    for k in (9, 10, 11, 12):
+        shifted[reference == RIB[f"rib_left_{k}"]] = RIB[f"rib_left_{k - 1}"]
+    _write(shifted, RAS, tmp_path / "maps" / "a.nii.gz")
+    with caplog.at_level("WARNING", logger="autoorgan"):
+        [result] = api.repair(task="ribs", input=tmp_path / "maps", output=tmp_path / "out")
+    assert result.status == "done" and np.array_equal(_read(tmp_path / "out" / "a.nii.gz"), shifted)
+    sidecar = json.loads((tmp_path / "out" / "a.json").read_text())
+    [flag] = sidecar["postprocess"]["flags"]
+    assert flag.startswith("ribs: left and right ribs at the same height carry different numbers (rib_left_8 beside "
+                           "rib_right_9")
+    assert any(r.getMessage().startswith("a: repair needs a look: ribs: left and right ribs") for r in caplog.records)

@@ -100,3 +100,15 @@ def test_index_page_links_what_the_sidecars_name_and_lists_counted_volumes(tmp_p
     assert 'href="a.seg.dcm">DICOM SEG</a>' in rows[0] and "RTSTRUCT" not in rows[0] and "outside" not in rows[0]
     assert 'href="b.seg.dcm">RTSTRUCT</a>' in rows[1] and "DICOM SEG" not in rows[1]
     assert 'href=".view/a"' in rows[0] and 'href=".view/b"' in rows[1]
+
+
+def test_repair_flags_of_one_task_and_of_several_reach_the_index_page() -> None:
+    from autoorgan.report.html import repair_flags
+
+    one = {"postprocess": {"steps": [], "changed_voxels": 0, "flags": ["ribs: left and right ribs differ"]}}
+    several = {"postprocess": {"ribs": {"steps": [], "flags": ["ribs: a"]}, "vertebrae": {"steps": [], "flags": []}}}
+    assert repair_flags(one) == ["ribs: left and right ribs differ"]
+    assert repair_flags(several) == ["ribs: ribs: a"]
+    assert repair_flags({}) == [] and repair_flags({"postprocess": {"steps": [], "flags": []}}) == []
+    text = render_index([CaseRow("c", "done", 1.0, repair_flags=repair_flags(one)), CaseRow("d", "done", 1.0)], title="t")
+    assert text.count("repair needs a look: ribs: left and right ribs differ") == 1

@@ -72,6 +72,8 @@ class CaseRow:
     viewer: bool = False
     #: The anatomical checks the prediction failed (see :func:`check_failures`); empty: none.
     check_failures: list[str] = field(default_factory=list)
+    #: What the anatomical repair left for a person to look at (see :func:`repair_flags`).
+    repair_flags: list[str] = field(default_factory=list)
 
 
 def main_volumes(structures: Sequence[Mapping[str, Any]], limit: int = MAIN_STRUCTURES) -> list[tuple[str, float]]:
@@ -118,6 +120,17 @@ def check_failures(sidecar: Mapping[str, Any]) -> list[str]:
             if isinstance(check, Mapping):
                 found += [f"{prefix}: {f}" if prefix else str(f) for f in check.get("failures", [])]
     return found or ["see the sidecar"]
+
+
+def repair_flags(sidecar: Mapping[str, Any]) -> list[str]:
+    """The flags of the sidecar's ``postprocess`` section (one task's repair, or each repaired
+    task's of a multi-task map, prefixed with the task)."""
+    section = sidecar.get("postprocess")
+    if not isinstance(section, Mapping):
+        return []
+    reports = [("", section)] if "steps" in section else list(section.items())
+    return [f"{task}: {flag}" if task else str(flag) for task, report in reports if isinstance(report, Mapping)
+            for flag in (report.get("flags") or [])]
 
 
 def viewer_href(case_id: str) -> str:
@@ -176,6 +189,10 @@ def render_index(rows: Sequence[CaseRow], *, title: str, extra_links: Sequence[t
         if row.check_failures:
             shown = "; ".join(row.check_failures[:3]) + (" …" if len(row.check_failures) > 3 else "")
             status += (f'<br><span class="flag" title="{esc(shown, quote=True)}">anatomical checks failed: '
+                       f"{esc(shown)}</span>")
+        if row.repair_flags:
+            shown = "; ".join(row.repair_flags[:3]) + (" …" if len(row.repair_flags) > 3 else "")
+            status += (f'<br><span class="flag" title="{esc(shown, quote=True)}">repair needs a look: '
                        f"{esc(shown)}</span>")
         seconds = "" if row.seconds is None else f"{row.seconds:.1f}"
         volumes = "".join(f"<li>{esc(name)}: {ml:.1f}</li>" for name, ml in row.volumes)

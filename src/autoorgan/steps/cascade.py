@@ -41,7 +41,7 @@ from autoorgan.io.orientation import Reorientation, plan_reorientation
 from autoorgan.io.reading import source_sidecar
 from autoorgan.registry.tasks import Task
 from autoorgan.registry.whole_body import SKELETON, WholeBodyTable, merge_task_maps, to_whole_body
-from autoorgan.steps.repair import repair_task_map
+from autoorgan.steps.repair import repair_task_map, warn_on_repair_flags
 from autoorgan.steps.segment import (
     ModelPool,
     TaskModel,
@@ -217,6 +217,7 @@ class MultiTaskSegmenter:
                                          vertebra_names=vertebrae.task.labels if vertebrae is not None else None)
                 labels = result.labels
                 repairs[name] = result.report()
+                warn_on_repair_flags(case_id, result, name)
             report = anatomy_checks(task, raw, labels, volume)
             checks[name] = report.record()
             warn_on_checks(case_id, report, model)

@@ -7,6 +7,7 @@ as bone and body reference (:func:`autoorgan.postprocess.repair.repair_labels`, 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping
 
 import numpy as np
@@ -14,6 +15,8 @@ import numpy as np
 from autoorgan.io.image import Geometry
 from autoorgan.postprocess.repair import Companions, RepairResult, repair_labels
 from autoorgan.registry.tasks import Task
+
+log = logging.getLogger(__name__)
 
 
 def repair_task_map(task: Task, labels: np.ndarray, geometry: Geometry, *, ct: np.ndarray | None = None,
@@ -30,4 +33,12 @@ def repair_task_map(task: Task, labels: np.ndarray, geometry: Geometry, *, ct: n
     return repair_labels(labels, geometry, task.labels, companions=companions)
 
 
-__all__ = ["repair_task_map"]
+def warn_on_repair_flags(case_id: str, result: RepairResult, task: str | None = None) -> None:
+    """One warning line for a case whose repair left something for a person to look at (the
+    sidecar's ``postprocess.flags``: a rib or vertebra numbering the repair could not make
+    consistent, or left and right ribs at the same height numbered differently)."""
+    if result.flags:
+        log.warning("%s: %srepair needs a look: %s", case_id, f"{task} " if task else "", "; ".join(result.flags))
+
+
+__all__ = ["repair_task_map", "warn_on_repair_flags"]

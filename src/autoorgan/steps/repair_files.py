@@ -34,6 +34,7 @@ from autoorgan.io.cases import Case, case_id_of, image_suffix
 from autoorgan.io.image import Geometry, Volume, read_volume
 from autoorgan.postprocess.repair import STEPS, Companions, RepairOptions, repair_labels
 from autoorgan.registry.tasks import Task
+from autoorgan.steps.repair import warn_on_repair_flags
 
 log = logging.getLogger(__name__)
 
@@ -154,6 +155,7 @@ class RepairSegmenter:
             else volume.array.astype(np.int64, copy=False)
         result = repair_labels(labels, grid, names, companions=companions, options=self.options)
         log.info("%s: %d voxel(s) changed", case.case_id, result.changed_voxels)
+        warn_on_repair_flags(case.case_id, result)
         sidecar = {
             "task": self.task.name if self.task is not None else ALL,
             "labels": {str(v): n for v, n in names.items()},

@@ -47,6 +47,7 @@ from autoorgan.report.html import (
     CaseRow,
     check_failures,
     main_volumes,
+    repair_flags,
     sidecar_output_files,
     volumes_of_counts,
     write_index,
@@ -316,6 +317,7 @@ class IndexPage:
                 files=_existing_outputs(outputs, sidecar),
                 viewer=label_map is not None,
                 check_failures=check_failures(sidecar),
+                repair_flags=repair_flags(sidecar),
             ))
         links = []
         if (output_dir / STATISTICS_CSV).is_file():

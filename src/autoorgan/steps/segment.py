@@ -28,7 +28,7 @@ from autoorgan.io.reading import source_sidecar
 from autoorgan.models.orientation import ModelOrientation, resolve_model_orientation
 from autoorgan.models.store import ModelLocation
 from autoorgan.registry.tasks import DEMO_NOTE, Task
-from autoorgan.steps.repair import repair_task_map
+from autoorgan.steps.repair import repair_task_map, warn_on_repair_flags
 
 log = logging.getLogger(__name__)
 
@@ -253,6 +253,7 @@ class TaskSegmenter:
             result = repair_task_map(task, labels, volume.geometry, ct=volume.array)
             labels = result.labels
             sidecar["postprocess"] = result.report()
+            warn_on_repair_flags(case.case_id, result)
         checks = anatomy_checks(task, raw, labels, volume)
         sidecar["checks"] = checks.record()
         warn_on_checks(case.case_id, checks, self.model)
