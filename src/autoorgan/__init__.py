@@ -24,8 +24,8 @@ except metadata.PackageNotFoundError:  # running from a source tree that is not 
 
 from autoorgan.options import PredictOptions
 
-__all__ = ["PredictOptions", "Segmented", "__version__", "calibrate", "export_weights", "install_weights", "list_tasks",
-           "predict", "repair", "segment", "task_labels", "train"]
+__all__ = ["PredictOptions", "Segmented", "__version__", "calibrate", "check_precision", "export_weights",
+           "install_weights", "list_tasks", "predict", "repair", "segment", "task_labels", "train"]
 #: Names of :mod:`autoorgan.api` exported here, imported on first use.
 _API = frozenset(__all__) - {"PredictOptions", "__version__"}
 
@@ -33,6 +33,7 @@ if TYPE_CHECKING:
     from autoorgan.api import (
         Segmented,
         calibrate,
+        check_precision,
         export_weights,
         install_weights,
         list_tasks,

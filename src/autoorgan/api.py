@@ -12,7 +12,7 @@ import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from autoorgan.batch.job import BatchResult, ProgressListener
 from autoorgan.errors import InputError, ModelLoadError, ModelNotFoundError
@@ -26,6 +26,9 @@ from autoorgan.models.store import install_weights as _install_weights
 from autoorgan.options import PredictOptions, build_options
 from autoorgan.registry.tasks import Task, load_registry, resolve_task
 from autoorgan.runs.segment import Segmented, segment_image
+
+if TYPE_CHECKING:
+    from autoorgan.runs.precision_check import PrecisionCheck, Progress
 
 log = logging.getLogger(__name__)
 
@@ -265,6 +268,45 @@ def calibrate(
                       write=write, trust_checkpoint=trust_checkpoint, progress=progress)
 
 
+def check_precision(
+    task: str,
+    inputs: PathLike | Sequence[PathLike],
+    *,
+    models_dir: PathLike | None = None,
+    tasks_file: PathLike | None = None,
+    device: str = "cpu",
+    min_dice: float | None = None,
+    median_dice: float | None = None,
+    write: bool = True,
+    trust_checkpoint: bool = False,
+    progress: Progress | None = None,
+) -> PrecisionCheck:
+    """Check whether the installed model of ``task`` gives the same labels in bfloat16 as in float32
+    on the CTs ``inputs`` (image files, DICOM series or folders of them), and record the result
+    beside the model (``autoorgan_precision.json``), where ``--precision auto`` reads it: a model
+    that does not agree is kept in float32 there.
+
+    Each CT is segmented twice by :func:`predict`'s code on the CPU (``precision="fp32"`` and
+    ``"bf16"``, without post-processing, into a temporary folder) and each structure's Dice is
+    measured; the model agrees when the lowest Dice reaches ``min_dice`` and the median
+    ``median_dice`` (defaults :data:`autoorgan.engine.precision.MIN_DICE` and
+    :data:`~autoorgan.engine.precision.MEDIAN_DICE`, 0.99 and 0.999; only stricter bounds are
+    accepted). Returns the :class:`autoorgan.runs.precision_check.PrecisionCheck` (``agrees``, the
+    scores, ``check_path``; ``write=False`` records nothing). A model that does not agree is not an
+    error; a task, model or CT that cannot be used raises an
+    :class:`~autoorgan.errors.AutoOrganError`. See :mod:`autoorgan.runs.precision_check`.
+    """
+    from autoorgan.engine.precision import MEDIAN_DICE, MIN_DICE
+    from autoorgan.runs.precision_check import check_precision as _check_precision
+
+    paths = [Path(inputs)] if isinstance(inputs, (str, os.PathLike)) else [Path(p) for p in inputs]
+    return _check_precision(task, paths, models_dir=Path(models_dir) if models_dir is not None else None,
+                            tasks_file=Path(tasks_file) if tasks_file is not None else None, device=device,
+                            min_dice=MIN_DICE if min_dice is None else min_dice,
+                            median_dice=MEDIAN_DICE if median_dice is None else median_dice,
+                            write=write, trust_checkpoint=trust_checkpoint, progress=progress)
+
+
 def export_weights(
     task: str,
     output: PathLike,
@@ -281,15 +323,18 @@ def export_weights(
 
     The archive holds the task's configuration and fold (``dataset.json``, ``plans.json``,
     ``dataset_fingerprint.json``, ``checkpoint_final.pth``, ``progress.png`` and the validation
-    summary), and the model's calibration record where there is one (see :func:`calibrate`); it is
-    accepted by :func:`install_weights` and by nnU-Net's own install command.
+    summary), and the records kept beside the model where there are any: its calibration record
+    (see :func:`calibrate`) and its precision check (see :func:`check_precision`), which
+    :func:`install_weights` puts back beside the model; it is accepted by nnU-Net's own install
+    command too.
     It is written to a temporary name and renamed into place. Returns the archive path.
     """
     from autoorgan import engine
+    from autoorgan.engine.precision import CHECK_FILE
     from autoorgan.errors import OutputError
     from autoorgan.io.writing import atomic_path
-    from autoorgan.models.orientation import add_calibration_record
-    from autoorgan.models.releases import scrub_model_archive
+    from autoorgan.models.orientation import CALIBRATION_FILE
+    from autoorgan.models.releases import add_model_records, scrub_model_archive
 
     the_task = resolve_task(task, tasks_file=tasks_file, dataset_id=dataset_id, trainer=trainer, fold=fold,
                             configuration=configuration, plans=plans)
@@ -307,7 +352,7 @@ def export_weights(
         with atomic_path(archive) as tmp:
             engine.export_model(location.folder, tmp, configuration=the_task.configuration, fold=the_task.fold,
                                 trainer=the_task.trainer, plans=the_task.plans)
-            add_calibration_record(tmp, location.folder)
+            add_model_records(tmp, location.folder, [CALIBRATION_FILE, CHECK_FILE])
             scrub_model_archive(tmp)  # no details of this machine in the archive
     except OSError as exc:
         raise OutputError(f"cannot write {archive}: {exc.strerror or exc}") from None
@@ -359,5 +404,5 @@ def repair(
                         listener=listener)
 
 
-__all__ = ["Segmented", "TaskStatus", "export_weights", "install_weights", "list_tasks", "predict", "repair",
-           "segment", "task_labels", "train"]
+__all__ = ["Segmented", "TaskStatus", "check_precision", "export_weights", "install_weights", "list_tasks", "predict",
+           "repair", "segment", "task_labels", "train"]

@@ -374,6 +374,55 @@ def calibrate(
               highlight=False, soft_wrap=True)
 
 
+@app.command("check-precision")
+def check_precision(
+    task: TaskOpt,
+    inputs: Annotated[list[Path], typer.Option("--input", "-i", help="A CT (file, DICOM series folder or folder "
+                                               "of CTs); repeat for several.", show_default=False, metavar="CT")],
+    models_dir: ModelsDirOpt = None,
+    tasks_file: TasksFileOpt = None,
+    device: Annotated[str, typer.Option("--device", "-d", help="cpu: --precision applies to the CPU only.")] = "cpu",
+    min_dice: Annotated[float | None, typer.Option(
+        "--min-dice", help="Least Dice of any structure in any CT (default 0.99; only stricter).",
+        show_default=False)] = None,
+    median_dice: Annotated[float | None, typer.Option(
+        "--median-dice", help="Least median Dice (default 0.999; only stricter).", show_default=False)] = None,
+    dry_run: Annotated[bool, typer.Option("--dry-run", help="Show the result without recording it.")] = False,
+    quiet: Annotated[bool, typer.Option("--quiet", "-q", help="No progress display.")] = False,
+) -> None:
+    """Check that a model gives the same labels in bf16 as in fp32, and record it beside the model.
+
+    Segments each CT twice with the installed model on the CPU, in fp32 and in bf16 (as 'predict
+    --precision fp32/bf16' does, without post-processing), and compares each structure's labels
+    (Dice). The model agrees when the lowest Dice is at least 0.99 and the median at least 0.999.
+    The result is recorded in the model's folder (autoorgan_precision.json), which
+    'export-weights' and 'install-weights' carry along: '--precision auto' runs a model that does
+    not agree in fp32 even on CPUs with native bf16. Exit 0 when it agrees, 1 when it does not
+    (recorded all the same). On a CPU without native bf16 the bf16 run is emulated: slower, same
+    labels.
+
+    Example:
+
+      autoorgan check-precision --task ribs -i chest_ct.nii.gz -i abdomen_ct.nii.gz
+    """
+    from autoorgan import api
+    from autoorgan.cli.precision_check import dice_table, emulation_note, outcome, run_progress, summary
+
+    if quiet:
+        logging.getLogger().setLevel(logging.WARNING)
+    with run_progress(console, task, enabled=not quiet) as progress:
+        result = _run(api.check_precision, task, inputs, models_dir=models_dir, tasks_file=tasks_file, device=device,
+                      min_dice=min_dice, median_dice=median_dice, write=not dry_run, progress=progress)
+    out.print(dice_table(result))
+    out.print(summary(result), highlight=False)
+    note = emulation_note(result)
+    if note is not None:
+        out.print(terminal_safe(note), highlight=False, markup=False, soft_wrap=True)
+    out.print(outcome(result), highlight=False, markup=False, soft_wrap=True)
+    if not result.agrees:
+        raise typer.Exit(1)
+
+
 @app.command()
 def status(
     input: Annotated[Path, typer.Option("--input", "-i", help="The CT file or folder of the batch.",

@@ -19,7 +19,6 @@ from __future__ import annotations
 import enum
 import json
 import logging
-import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -99,18 +98,6 @@ def write_calibration(model_folder: Path, record: dict[str, Any]) -> Path:
     return path
 
 
-def add_calibration_record(archive: Path, model_folder: Path) -> bool:
-    """Add ``model_folder``'s calibration record to a model zip (nnU-Net's export layout:
-    ``Dataset.../{trainer}__{plans}__{configuration}/``), where installing puts it back beside the
-    model. Returns whether there was a record."""
-    record = model_folder / CALIBRATION_FILE
-    if not record.is_file():
-        return False
-    with zipfile.ZipFile(archive, "a", zipfile.ZIP_DEFLATED) as target:
-        target.write(record, f"{model_folder.parent.name}/{model_folder.name}/{CALIBRATION_FILE}")
-    return True
-
-
 def dataset_json_orientation(dataset_json: Path) -> str | None:
     """The orientation a model's ``dataset.json`` states, or ``None`` if it states none: the one
     ``autoorgan train`` recorded (axis codes; ``native`` says nothing about the arrays), else RAS
@@ -164,6 +151,5 @@ def default_orientation_warning(task: Task) -> str:
             f"{task.name} -i CT' once (or pass --orientation)")
 
 
-__all__ = ["CALIBRATION_FILE", "ModelOrientation", "OrientationSource", "add_calibration_record",
-           "dataset_json_orientation",
+__all__ = ["CALIBRATION_FILE", "ModelOrientation", "OrientationSource", "dataset_json_orientation",
            "read_calibration", "resolve_model_orientation", "write_calibration"]

@@ -23,7 +23,7 @@ from __future__ import annotations
 import json
 import logging
 import zipfile
-from collections.abc import Mapping
+from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
 from importlib import resources
 from pathlib import Path, PurePosixPath, PureWindowsPath
@@ -159,6 +159,20 @@ def _without_local_paths(value: Any) -> Any:
     if isinstance(value, str) and (PurePosixPath(value).is_absolute() or PureWindowsPath(value).is_absolute()):
         return PureWindowsPath(value).name if "\\" in value else PurePosixPath(value).name
     return value
+
+
+def add_model_records(archive: Path, model_folder: Path, names: Iterable[str]) -> list[str]:
+    """Add the records kept beside a model (files ``names`` of ``model_folder``: the calibration
+    record, the precision check) to a model zip in nnU-Net's export layout
+    (``Dataset.../{trainer}__{plans}__{configuration}/``), where installing puts them back beside
+    the model: ``install-weights`` moves the whole model folder into place. Returns the names of
+    those there were."""
+    present = [name for name in names if (model_folder / name).is_file()]
+    if present:
+        with zipfile.ZipFile(archive, "a", zipfile.ZIP_DEFLATED) as target:
+            for name in present:
+                target.write(model_folder / name, f"{model_folder.parent.name}/{model_folder.name}/{name}")
+    return present
 
 
 def scrub_model_archive(archive: Path) -> list[str]:
