@@ -5,6 +5,8 @@ against float32 labels of trained models.
     python benchmarks/precision_benchmark.py speed --work /tmp/precision [--size 128 | --patch] [--repeats 2]
         [--levers] [--order forward|reverse|both]
     python benchmarks/precision_benchmark.py agreement --work /tmp/precision [--write-check]
+    python benchmarks/precision_benchmark.py simulate --work /tmp/precision [--reuse] [--policies all]
+        [--real-policies autocast,first_stage+head] [--bench-models /tmp/precision/models [--default-check 32]]
 
 ``machine``: the CPU (model, clock, flags), its bfloat16 support as ``--precision auto`` sees it
 (:func:`autoorgan.engine.precision.cpu_bf16_support`) and its peak FLOP/s in float32 and bfloat16,
@@ -34,7 +36,23 @@ Dice of bfloat16 against float32 per structure and case; a model agrees with min
 median >= 0.999. ``--write-check`` stores the result beside each model
 (:func:`autoorgan.engine.precision.write_precision_check`), which ``--precision auto`` reads: a
 model that fails stays in float32. On a CPU without native bfloat16 the bfloat16 runs are
-emulated: the same numbers, slower.
+emulated, slower: the same arithmetic but for a transposed convolution's bias, added after the
+product is rounded (``simulate`` measures both; the labels hardly move).
+
+``simulate``: bfloat16 autocast simulated at float32 speed
+(:func:`autoorgan.engine.agreement.simulated_bf16`: each convolution's inputs, weights and bias
+rounded to bfloat16, the convolution run in float32, its output rounded to bfloat16, and so every
+norm's and activation's output), checked against real autocast, and mixed policies that keep parts
+of the U-Net in float32 (:data:`POLICIES`; the engine runs :data:`ENGINE_POLICY`). On the same
+fixture models and cases as ``agreement``: float32 labels, real autocast labels for the policies
+in ``--real-policies`` (plain ``autocast`` is run with the engine's float32 blocks switched off),
+simulated labels for every policy (plain autocast also with a transposed convolution's bias added
+as oneDNN adds it, ``fused``); Dice per structure and case and the voxels whose label changed,
+against float32 and between simulation and real autocast. Per model, the simulation against real
+autocast on two random tiles of the network alone (``network_check``), and the share of a tile's
+FLOPs each policy keeps in float32 (torch's flop counter on the meta device), also for nnU-Net's
+default architecture with ``--bench-models`` (``--default-check``: the network check on it too,
+random weights). ``--reuse`` takes label maps already under ``--work/out`` (nothing is rerun).
 
 Every result names the CPU, its flags and the load average.
 """
@@ -265,10 +283,12 @@ def _inputs(work: Path, real_for: set[str]) -> dict[str, Path]:
     folders = {name: work / f"in_{name}{'_real' if name in real_for else ''}" for name in ("pelvis", "lower_body")}
     for folder in folders.values():
         folder.mkdir(parents=True, exist_ok=True)
-    for seed in (201, 202, 203):
-        sitk.WriteImage(pelvis_phantom(seed).ct, str(folders["pelvis"] / f"pelvis_{seed}.nii.gz"))
+    for seed in (201, 202, 203):  # written once: another run may be reading them
+        if not (path := folders["pelvis"] / f"pelvis_{seed}.nii.gz").exists():
+            sitk.WriteImage(pelvis_phantom(seed).ct, str(path))
     for seed in (301, 302):
-        sitk.WriteImage(lower_body_phantom(seed).ct, str(folders["lower_body"] / f"lower_body_{seed}.nii.gz"))
+        if not (path := folders["lower_body"] / f"lower_body_{seed}.nii.gz").exists():
+            sitk.WriteImage(lower_body_phantom(seed).ct, str(path))
     real = _real_ct()
     if real.is_file():
         for name in real_for:
@@ -339,6 +359,250 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
             "results": results}
 
 
+# -- simulate -------------------------------------------------------------------------------------------
+
+#: Mixed policies for nnU-Net's U-Net (``PlainConvUNet``): the parts kept in float32
+#: (:func:`policy_modules`), everything else under bfloat16 autocast.
+POLICIES: dict[str, tuple[str, ...]] = {
+    "autocast": (),
+    "head": ("head",),
+    "first_block": ("first_block",),
+    "first_block+head": ("first_block", "head"),
+    "last_block+head": ("last_block", "head"),
+    "first_stage+head": ("first_stage", "head"),
+    "first_block+last_block+head": ("first_block", "last_block", "head"),
+    "first_stage+last_block+head": ("first_stage", "last_block", "head"),
+    "last_stage+head": ("last_stage", "head"),
+}
+#: The policy the engine's bfloat16 call runs (:func:`autoorgan.engine.precision.float32_blocks`).
+ENGINE_POLICY = "first_stage+head"
+
+
+def policy_modules(network: Any, policy: str) -> list[str]:
+    """Submodule names of ``network`` (nnU-Net's U-Net) that ``policy`` keeps in float32: ``head`` the
+    segmentation layers (1×1×1 convolutions to the logits), ``first_block`` the first convolution
+    block (conv, norm, activation: the one that reads the image), ``last_block`` the last
+    convolution block of the last decoder stage, ``last_stage`` that whole stage, ``first_stage``
+    the first encoder stage."""
+    last = len(network.decoder.stages) - 1
+    last_block = len(network.decoder.stages[last].convs) - 1
+    names = {"head": "decoder.seg_layers", "first_block": "encoder.stages.0.0.convs.0",
+             "last_block": f"decoder.stages.{last}.convs.{last_block}",
+             "last_stage": f"decoder.stages.{last}", "first_stage": "encoder.stages.0"}
+    return [names[part] for part in POLICIES[policy]]
+
+
+def flop_shares(network: Any, patch: list[int]) -> dict[str, Any]:
+    """FLOPs of one ``patch`` tile (``torch.utils.flop_counter``: convolutions and transposed
+    convolutions, 2 FLOP per multiply-add), and the share of them each policy keeps in float32.
+    Counted on the meta device: nothing is computed."""
+    import copy
+
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    meta = copy.deepcopy(network).to("meta").eval()
+    counter = FlopCounterMode(display=False)
+    with counter, torch.no_grad():
+        meta(torch.empty(1, 1, *patch, device="meta"))
+    counts = counter.get_flop_counts()
+    root = type(network).__name__
+    total = sum(counts.get("Global", {}).values())
+
+    def flops(name: str) -> int:
+        """The FLOPs of submodule ``name``: the counter keeps modules that were called (a
+        ``ModuleList`` is not: its called members are summed)."""
+        full = f"{root}.{name}"
+        called = [k for k in counts if k == full or k.startswith(full + ".")]
+        outermost = [k for k in called if not any(k.startswith(other + ".") for other in called)]
+        return sum(sum(counts[k].values()) for k in outermost)
+
+    shares = {}
+    for policy in POLICIES:
+        kept = sum(flops(name) for name in policy_modules(network, policy))
+        shares[policy] = round(kept / total, 6) if total else None
+    return {"patch": patch, "flops_per_tile": total, "float32_share": shares}
+
+
+def network_check(network: Any, patch: list[int], policies: list[str], seed: int = 0) -> dict[str, Any]:
+    """The network alone on two random tiles of ``patch`` (normal noise × 2): for each policy the
+    simulation against real autocast (the policy's parts run by
+    :func:`autoorgan.engine.precision.blocks_in_float32`, as the engine runs its own), both against
+    float32: mean absolute logit differences and the share of voxels whose argmax differs."""
+    import torch
+
+    from autoorgan.engine.agreement import simulated_bf16
+    from autoorgan.engine.precision import blocks_in_float32
+
+    network = network.eval()
+    x = torch.randn(2, 1, *patch, generator=torch.Generator().manual_seed(seed)) * 2
+    out: dict[str, Any] = {}
+    with torch.inference_mode():
+        reference = network(x)
+        for policy in policies:
+            kept = policy_modules(network, policy)
+            with torch.autocast("cpu", dtype=torch.bfloat16), blocks_in_float32(network, kept):
+                real = network(x).float()
+            with simulated_bf16(network, kept):
+                simulated = network(x)
+            out[policy] = {
+                "mean_abs_logit_difference": {"simulated_vs_real": round(float((simulated - real).abs().mean()), 5),
+                                              "real_vs_fp32": round(float((real - reference).abs().mean()), 5),
+                                              "simulated_vs_fp32": round(float((simulated - reference).abs().mean()), 5)},
+                "argmax_differs": {
+                    "simulated_vs_real": round(float((simulated.argmax(1) != real.argmax(1)).float().mean()), 6),
+                    "real_vs_fp32": round(float((real.argmax(1) != reference.argmax(1)).float().mean()), 6),
+                    "simulated_vs_fp32": round(float((simulated.argmax(1) != reference.argmax(1)).float().mean()), 6)}}
+    return {"tiles": f"2 x {'x'.join(map(str, patch))}, normal noise x 2, seed {seed}", "policies": out}
+
+
+@contextlib.contextmanager
+def _real_policy(policy: str) -> Iterator[None]:
+    """``--precision bf16`` runs real autocast with ``policy``'s parts in float32 (this process only;
+    :data:`ENGINE_POLICY` is what the engine runs anyway)."""
+    from autoorgan.engine import precision
+
+    original = precision.float32_blocks
+    precision.float32_blocks = lambda network: policy_modules(network, policy)
+    try:
+        yield
+    finally:
+        precision.float32_blocks = original
+
+
+@contextlib.contextmanager
+def _simulating(policy: str, transposed_bias: str) -> Iterator[None]:
+    """``--precision bf16`` runs the simulation of ``policy`` instead of autocast (this process only)."""
+    from autoorgan.engine.agreement import simulated_bf16
+    from autoorgan.engine.predictor import BatchedTilePredictor
+
+    original = BatchedTilePredictor._network_bf16
+
+    def network_bf16(self: Any, x: Any) -> Any:
+        with simulated_bf16(self.network, policy_modules(self.network, policy), transposed_bias):
+            return self.network(x).float()
+
+    BatchedTilePredictor._network_bf16 = network_bf16  # type: ignore[method-assign]
+    try:
+        yield
+    finally:
+        BatchedTilePredictor._network_bf16 = original  # type: ignore[method-assign]
+
+
+def _read_maps(folder: Path) -> dict[str, Any]:
+    import SimpleITK as sitk
+
+    return {path.name.removesuffix(".nii.gz"): sitk.GetArrayFromImage(sitk.ReadImage(str(path)))
+            for path in sorted(folder.glob("*.nii.gz"))}
+
+
+def _compare(reference: dict[str, Any], other: dict[str, Any], labels: dict[int, str]) -> dict[str, Any]:
+    """Dice per structure and case of ``other`` against ``reference`` (the agreement summary), the
+    three lowest, and the share of voxels whose label differs."""
+    from autoorgan.engine.precision import Agreement, dice_scores
+
+    dice = {case: dice_scores(ref, other[case], sorted(labels)) for case, ref in reference.items()}
+    differ = sum(int((ref != other[case]).sum()) for case, ref in reference.items())
+    voxels = sum(int(ref.size) for ref in reference.values())
+    measured = Agreement(dice)
+    return {**measured.summary(), "voxels_differing": differ, "voxels_differing_share": round(differ / voxels, 7),
+            "lowest": sorted((round(s, 5), c, labels[v]) for c, d in dice.items() for v, s in d.items())[:3],
+            "per_case": {c: {labels[v]: round(s, 5) for v, s in d.items()} for c, d in dice.items()}}
+
+
+def simulate(args: argparse.Namespace) -> dict[str, Any]:
+    """Simulated bfloat16 autocast (:func:`autoorgan.engine.agreement.simulated_bf16`) against real
+    autocast, and the agreement of each mixed policy with float32, on the fixture models."""
+    import torch
+
+    from autoorgan import api, engine
+    from autoorgan.models.store import require_model
+    from autoorgan.registry.tasks import load_registry
+    from fixture_model import FIXTURE_ARCHIVES, install_fixture_archives
+
+    machine = describe_machine()
+    registry = load_registry()
+    groups = {
+        "fixture": (args.work / "fixture_models", FIXTURE_ARCHIVES["trained_models"], ["hip"], "pelvis"),
+        "whole_body": (args.work / "whole_body_models", FIXTURE_ARCHIVES["whole_body_models"],
+                       ["skeleton", "hip", "lower_limb"], "lower_body"),
+    }
+    chosen = [g for g in args.groups.split(",") if g]
+    real_for = {groups[g][3] for g in args.real.split(",") if g}
+    inputs = _inputs(args.work, real_for)
+    policies = list(POLICIES) if args.policies == "all" else args.policies.split(",")
+    real_kinds = [k for k in args.real_bf16.split(",") if k]
+    real_policies = [p for p in args.real_policies.split(",") if p]
+    results: dict[str, Any] = {}
+    flops: dict[str, Any] = {}
+    for group in chosen:
+        models, archives, tasks, cases = groups[group]
+        if not models.is_dir():
+            install_fixture_archives(archives, models)
+        for task in (t for t in tasks if not args.tasks or t in args.tasks.split(",")):
+            labels = {int(v): n for v, n in registry[task].labels.items()}
+            base = args.work / "out" / f"{group}{'_real' if cases in real_for else ''}" / task
+            seconds: dict[str, float] = {}
+
+            def run(kind: str, precision: str, base: Path = base, task: str = task, models: Path = models,
+                    cases: str = cases, seconds: dict[str, float] = seconds) -> dict[str, Any]:
+                out = base / kind
+                if not (args.reuse and any(out.glob("*.nii.gz"))):
+                    start = time.perf_counter()
+                    result = api.predict(task=task, input=inputs[cases], output=out, models_dir=models,
+                                         device="cpu", postprocess=False, precision=precision)
+                    seconds[kind] = round(time.perf_counter() - start, 1)
+                    if not result.ok:
+                        raise SystemExit(f"{task} {kind}: {[r.error for r in result.failed]}")
+                return _read_maps(out)
+
+            reference = run("fp32", "fp32")
+            entry: dict[str, Any] = {"cases": sorted(reference), "seconds": seconds}
+            real = {}
+            if group in real_kinds:
+                for policy in real_policies:
+                    with _real_policy(policy):
+                        real[policy] = run(f"real_{policy}", "bf16")
+            simulated = {}
+            for policy in policies:
+                for bias in (["fallback", "fused"] if policy == "autocast" else ["fallback"]):
+                    with _simulating(policy, bias):
+                        simulated[(policy, bias)] = run(f"sim_{policy}_{bias}", "bf16")
+            for policy, maps in real.items():
+                entry.setdefault("real_vs_fp32", {})[policy] = _compare(reference, maps, labels)
+                if (policy, "fallback") in simulated:
+                    entry.setdefault("simulated_vs_real", {})[policy] = _compare(maps, simulated[(policy, "fallback")],
+                                                                                 labels)
+            entry["policies_vs_fp32"] = {f"{p}{'' if b == 'fallback' else ' (fused bias)'}": _compare(reference, m, labels)
+                                         for (p, b), m in simulated.items()}
+            folder = require_model(registry[task], models).folder
+            network = engine.Segmenter(folder, 0, torch.device("cpu"))._predictor.network
+            patch = list(json.loads((folder / "plans.json").read_text(encoding="utf-8"))
+                         ["configurations"]["3d_fullres"]["patch_size"])
+            entry["flops"] = flop_shares(network, patch)
+            if group in real_kinds:
+                entry["network_check"] = network_check(network, patch, ["autocast", ENGINE_POLICY])
+            results[f"{group}/{task}"] = entry
+            summary = {p: (v["min_dice"], v["median_dice"]) for p, v in entry["policies_vs_fp32"].items()}
+            print(f"{group}/{task}: {summary}", flush=True)
+    if args.bench_models:
+        from bench_models import make_bench_model
+
+        bench = make_bench_model(args.bench_models)
+        segmenter = engine.Segmenter(bench.model_folder, 0, torch.device("cpu"))
+        if args.default_check:  # RANDOM weights: the numerics of the big layers, not labels
+            size = [args.default_check] * 3
+            flops["default_architecture_network_check"] = {
+                "weights": "RANDOM", **network_check(segmenter._predictor.network, size, ["autocast", ENGINE_POLICY])}
+        flops["default_architecture"] = {
+            **flop_shares(segmenter._predictor.network, list(segmenter.patch_size)),
+            "features_per_stage": segmenter._predictor.configuration_manager.network_arch_init_kwargs.get(
+                "features_per_stage")}
+    machine["load_average_after"] = [round(x, 2) for x in os.getloadavg()]
+    return {"benchmark": "precision simulate", "measured": date.today().isoformat(), "machine": machine,
+            "results": results, "flops": flops}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="command", required=True)
@@ -357,11 +621,29 @@ def main() -> None:
     a.add_argument("--write-check", action="store_true", help="store each model's result beside it")
     a.add_argument("--groups", default="fixture,whole_body", help="model groups: fixture, whole_body")
     a.add_argument("--real", default="fixture,whole_body", help="groups also run on the real example_ct")
+    r = sub.add_parser("simulate")
+    r.add_argument("--work", type=Path, required=True)
+    r.add_argument("--groups", default="fixture,whole_body", help="model groups: fixture, whole_body")
+    r.add_argument("--real", default="fixture,whole_body", help="groups also run on the real example_ct")
+    r.add_argument("--real-bf16", default="fixture,whole_body",
+                   help="groups also run in real (emulated here) bfloat16 autocast, to check the simulation")
+    r.add_argument("--real-policies", default=ENGINE_POLICY,
+                   help="policies run in real autocast too (maps in out/.../real_POLICY)")
+    r.add_argument("--tasks", default="", help="only these tasks of the groups (default: all)")
+    r.add_argument("--policies", default="all", help=f"comma-separated, of: {', '.join(POLICIES)}")
+    r.add_argument("--reuse", action="store_true", help="reuse label maps already under --work/out")
+    r.add_argument("--bench-models", type=Path, help="also count the FLOP shares of nnU-Net's default "
+                   "architecture (bench_models.py; built there once)")
+    r.add_argument("--default-check", type=int, default=0, metavar="SIZE",
+                   help="with --bench-models: the simulation against real autocast on two SIZE³ tiles of the "
+                        "default architecture (random weights; real autocast is slow where emulated)")
     args = parser.parse_args()
     if args.command == "machine":
         report = describe_machine(mhz=args.mhz)
     elif args.command == "speed":
         report = speed(args)
+    elif args.command == "simulate":
+        report = simulate(args)
     else:
         report = agreement(args)
     print(json.dumps(report, indent=2))

@@ -17,7 +17,7 @@ from autoorgan import api, engine
 from autoorgan.demo import DEMO_SPACING
 from autoorgan.demo.phantom import make_phantom
 from autoorgan.engine import precision
-from autoorgan.engine.agreement import measure_agreement
+from autoorgan.engine.agreement import measure_agreement, simulated_bf16
 from autoorgan.engine.precision import Agreement, Bf16Support, resolve_precision
 from autoorgan.errors import InputError
 from autoorgan.models.store import require_model
@@ -174,13 +174,21 @@ def test_fp32_is_nnunets_own_sliding_window(model_folder: Path, monkeypatch: pyt
 @pytest.mark.e2e
 def test_bf16_labels_agree_with_fp32_on_the_fixture_model(model_folder: Path) -> None:
     """Unseen phantoms (one of several tiles), bfloat16 against float32: min Dice >= 0.99 and
-    median >= 0.999 per structure; the network really ran in bfloat16."""
+    median >= 0.999 per structure; the network really ran in bfloat16, but for the first encoder
+    stage and the segmentation layer, which ran in float32."""
     images = [_phantom(41), _phantom(42), _phantom(44, margin=30.0)]
     bf16 = engine.Segmenter(model_folder, 0, CPU, precision="bf16")
-    dtypes: list[torch.dtype] = []
-    bf16._predictor.network.register_forward_hook(lambda _m, _a, out: dtypes.append(out.dtype))
+    network = bf16._predictor.network
+    kept = precision.float32_blocks(network)
+    assert kept == ["encoder.stages.0", "decoder.seg_layers"]
+    ran: dict[str, set[torch.dtype]] = {}
+    for name, module in network.named_modules():
+        if isinstance(module, (torch.nn.Conv3d, torch.nn.ConvTranspose3d)):
+            module.register_forward_hook(lambda _m, _a, out, name=name: ran.setdefault(name, set()).add(out.dtype))
     bf16.predict(*images[0][1:])
-    assert dtypes and set(dtypes) == {torch.bfloat16}
+    in_fp32 = {name for name in ran if any(name.startswith(k + ".") for k in kept)}
+    assert len(in_fp32) == 3 and all(ran[name] == {torch.float32} for name in in_fp32), ran
+    assert len(ran) == 18 and all(ran[name] == {torch.bfloat16} for name in ran.keys() - in_fp32), ran
     agreement, maps = measure_agreement(model_folder, 0, images)
     assert len(maps) == 3 and all(len(np.unique(m)) == 4 for m in maps.values())  # all three bones found
     summary = agreement.summary()
@@ -248,3 +256,96 @@ def test_several_tasks_record_each_models_precision(whole_body_models: Path, tmp
                                                                         "lower_limb": "fp32"}
     assert "native bfloat16" in precisions["skeleton"]["reason"] and "check" in precisions["hip"]["reason"]
     assert sidecar["made_with"]["models"]["skeleton"]["precision"] == "bf16"
+
+
+# -- simulated bfloat16 autocast ----------------------------------------------------------------------
+
+
+def _small_unet_tail() -> torch.nn.Module:
+    """The layer kinds of nnU-Net's U-Net: convolution, instance norm, leaky ReLU, transposed
+    convolution, 1×1×1 segmentation layer."""
+    torch.manual_seed(0)
+    return torch.nn.Sequential(torch.nn.Conv3d(1, 8, 3, padding=1), torch.nn.InstanceNorm3d(8, affine=True),
+                               torch.nn.LeakyReLU(0.01, inplace=True), torch.nn.ConvTranspose3d(8, 8, 2, stride=2),
+                               torch.nn.Conv3d(8, 3, 1)).eval()
+
+
+def _is_bf16(t: torch.Tensor) -> bool:
+    return torch.equal(t, t.to(torch.bfloat16).float())
+
+
+def test_simulated_bf16_computes_what_cpu_autocast_computes() -> None:
+    """Layer by layer the simulation gives autocast's bfloat16 numbers (up to the float32
+    accumulators' order: a last-bit difference in a few elements); the output is bfloat16-valued,
+    far from float32's, and the weights are float32 again afterwards."""
+    net = _small_unet_tail()
+    x = torch.randn(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(1)) * 2
+    with torch.inference_mode():
+        reference = net(x)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            real = net(x).float()
+        with simulated_bf16(net):
+            simulated = net(x)
+        assert torch.equal(net(x), reference)
+    assert _is_bf16(simulated) and not _is_bf16(reference)
+    assert (simulated == real).float().mean() >= 0.99
+    assert torch.allclose(simulated, real, rtol=2**-6, atol=1e-3)
+    assert (simulated != reference).float().mean() > 0.5
+
+
+def test_simulated_transposed_bias_follows_the_kernels() -> None:
+    """Without native bfloat16 PyTorch rounds a transposed convolution's product, then adds the bias
+    and rounds again ("fallback"); oneDNN adds it in the accumulator ("fused")."""
+    torch.manual_seed(0)
+    up = torch.nn.ConvTranspose3d(16, 8, 2, stride=2).eval()
+    x = torch.randn(1, 16, 6, 6, 6)
+    with torch.inference_mode():
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            real = up(x).float()
+        with simulated_bf16(up, transposed_bias="fallback"):
+            fallback = up(x)
+        with simulated_bf16(up, transposed_bias="fused"):
+            fused = up(x)
+    assert (fallback == real).float().mean() >= 0.999
+    assert (fused != real).float().mean() > 0.05
+    with pytest.raises(ValueError, match="transposed_bias"), simulated_bf16(up, transposed_bias="native"):
+        pass
+
+
+def test_simulated_bf16_keeps_named_blocks_in_fp32() -> None:
+    net = _small_unet_tail()
+    x = torch.randn(1, 1, 8, 8, 8, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        with simulated_bf16(net, keep_fp32=["4"]):  # the segmentation layer
+            head_fp32 = net(x)
+        with simulated_bf16(net):
+            all_bf16 = net(x)
+    assert _is_bf16(all_bf16) and not _is_bf16(head_fp32)
+    assert torch.allclose(head_fp32, all_bf16, rtol=2**-6, atol=1e-2)
+    with pytest.raises(ValueError, match="no such submodule: decoder"), simulated_bf16(net, keep_fp32=["decoder"]):
+        pass
+
+
+@pytest.mark.e2e
+def test_the_simulation_matches_real_autocast_on_the_fixture_model(model_folder: Path) -> None:
+    """On tiles of the trained fixture network, plain autocast and the engine's bfloat16 call (its
+    float32 blocks kept): the simulation is several times closer to real autocast than either is
+    to float32, and as far from float32 as real autocast is."""
+    network = engine.Segmenter(model_folder, 0, CPU, precision="fp32")._predictor.network.eval()
+    x = torch.randn(2, 1, 16, 24, 32, generator=torch.Generator().manual_seed(0)) * 2
+    for kept in ([], precision.float32_blocks(network)):
+        with torch.inference_mode():
+            reference = network(x)
+            with torch.autocast("cpu", dtype=torch.bfloat16), precision.blocks_in_float32(network, kept):
+                real = network(x).float()
+            with simulated_bf16(network, kept):
+                simulated = network(x)
+        to_real = float((simulated - real).abs().mean())
+        real_to_fp32, simulated_to_fp32 = float((real - reference).abs().mean()), float((simulated - reference).abs().mean())
+        assert to_real < 0.5 * real_to_fp32, (kept, to_real, real_to_fp32)
+        assert 0.8 < simulated_to_fp32 / real_to_fp32 < 1.25, (kept, simulated_to_fp32, real_to_fp32)
+        assert (simulated.argmax(1) != real.argmax(1)).float().mean() <= 0.001
+    # The agreement measured by simulation, with the engine's float32 blocks, at float32 speed.
+    agreement, maps = measure_agreement(model_folder, 0, [_phantom(41)], simulate=True)
+    assert len(np.unique(maps["phantom_41"])) == 4 and agreement.summary()["scores"] == 3
+    assert agreement.min_dice >= 0.99, agreement.summary()

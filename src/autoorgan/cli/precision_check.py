@@ -65,8 +65,8 @@ def emulation_note(result: PrecisionCheck) -> str | None:
     """The line said where this CPU has no native bfloat16, or ``None``."""
     if not result.emulated:
         return None
-    return (f"this CPU has no native bfloat16 ({result.support.describe()}): bf16 was emulated (slow, same "
-            "numbers as on a CPU that has it)")
+    return (f"this CPU has no native bfloat16 ({result.support.describe()}): bf16 was emulated (slow; nearly "
+            "the same numbers as on a CPU that has it)")
 
 
 def outcome(result: PrecisionCheck) -> str:

@@ -10,9 +10,9 @@ oneDNN's own check ``torch.ops.mkldnn._is_mkldnn_bf16_supported()`` and the CPU 
 
 Per model: a model whose bfloat16 labels were measured not to agree with its float32 ones is kept
 in float32 under ``auto`` by a check stored beside it, ``<model folder>/autoorgan_precision.json``
-(:func:`write_precision_check`, :func:`autoorgan.engine.agreement.measure_agreement`; written by
-``benchmarks/precision_benchmark.py agreement --write-check`` or by hand as
-``{"bf16": {"agrees": false}}``). A model without a check follows the machine, as nnU-Net's own
+(:func:`write_precision_check`; written by ``autoorgan check-precision`` on the user's CTs
+(:mod:`autoorgan.runs.precision_check`), by ``benchmarks/precision_benchmark.py agreement
+--write-check``, or by hand as ``{"bf16": {"agrees": false}}``). A model without a check follows the machine, as nnU-Net's own
 half-precision autocast on CUDA does. An explicit ``fp32`` or ``bf16`` is always obeyed
 (``bf16`` on a CPU without it runs emulated, with a warning).
 
@@ -20,15 +20,20 @@ On CUDA nnU-Net's own autocast (float16) runs whatever is asked; on other device
 
 Only the network's calls change: its outputs are cast back to float32 before the mirrored
 predictions are summed, and the Gaussian weighting, the tile sums, the softmax/argmax and the
-export are exactly those of a float32 run (:mod:`autoorgan.engine.predictor`).
+export are exactly those of a float32 run (:mod:`autoorgan.engine.predictor`). Inside a call the
+first encoder stage and the segmentation layers stay in float32 (:func:`float32_blocks`,
+:func:`blocks_in_float32`): on the tests' trained models that left several times fewer voxels
+changed than plain autocast, for an eighth of the FLOPs of nnU-Net's default architecture
+(docs/performance.md).
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -166,6 +171,59 @@ def resolve_precision(requested: str, device: Any, model_folder: Path | None = N
     return PrecisionChoice("bf16", f"auto: native bfloat16 on this CPU ({support.describe()}); {checked}")
 
 
+# -- float32 blocks inside a bfloat16 call --------------------------------------------------------
+
+
+def float32_blocks(network: Any) -> list[str]:
+    """The submodules of ``network`` (nnU-Net's U-Net from ``dynamic_network_architectures``) that a
+    bfloat16 call keeps in float32: the first encoder stage (with the stem, where there is one),
+    which reads the image, and the segmentation layers, which turn the last features into logits.
+
+    Why these: on the tests' trained models, rounding the image and the first stage's features to
+    bfloat16 moved most of the boundary voxels that changed, and the logits' own rounding some
+    more; kept in float32 they leave several times fewer voxels changed than plain autocast, for
+    about an eighth of the FLOPs of a tile of nnU-Net's default 3d_fullres architecture
+    (``benchmarks/precision_benchmark.py simulate``; docs/performance.md). A network without an
+    ``encoder.stages`` and a ``decoder.seg_layers`` keeps nothing in float32 (plain autocast)."""
+    encoder: Any = getattr(network, "encoder", None)
+    decoder: Any = getattr(network, "decoder", None)
+    if not hasattr(encoder, "stages") or not hasattr(decoder, "seg_layers") or not len(encoder.stages):
+        return []
+    first = ["encoder.stem"] if getattr(encoder, "stem", None) is not None else []
+    return [*first, "encoder.stages.0", "decoder.seg_layers"]
+
+
+@contextlib.contextmanager
+def blocks_in_float32(network: Any, names: Iterable[str]) -> Iterator[None]:
+    """Within the block, the submodules ``names`` of ``network`` (the members of a ``ModuleList``)
+    run with autocast disabled, their floating-point inputs cast to float32 (exact from bfloat16):
+    inside a bfloat16 autocast call they compute in float32 and hand float32 on."""
+    import torch
+
+    modules = dict(network.named_modules())
+    patched: list[Any] = []
+
+    def in_float32(forward: Any) -> Any:
+        def run(*args: Any, **kwargs: Any) -> Any:
+            with torch.autocast("cpu", enabled=False):
+                return forward(*(a.float() if isinstance(a, torch.Tensor) and a.is_floating_point() else a
+                                 for a in args), **kwargs)
+        return run
+
+    try:
+        for name in names:
+            module = modules[name]
+            # A ModuleList is never called itself: its members are.
+            members = list(module.children()) if isinstance(module, torch.nn.ModuleList) else [module]
+            for member in members:
+                member.forward = in_float32(member.forward)
+                patched.append(member)
+        yield
+    finally:
+        for module in patched:
+            del module.forward
+
+
 # -- agreement ------------------------------------------------------------------------------------
 
 
@@ -228,6 +286,6 @@ def write_precision_check(model_folder: Path, agreement: Agreement, *, fold: int
     return write_json({"bf16": entry}, Path(model_folder) / CHECK_FILE)
 
 
-__all__ = ["BF16_FLAGS", "CHECK_FILE", "MEDIAN_DICE", "MIN_DICE", "PRECISIONS", "Agreement", "Bf16Support",
-           "PrecisionChoice", "cpu_bf16_support", "cpu_flags", "dice_scores", "read_precision_check",
-           "resolve_precision", "write_precision_check"]
+__all__ = ["BF16_FLAGS", "CHECK_FILE", "MEDIAN_DICE", "MIN_DICE", "PRECISIONS", "Agreement",
+           "Bf16Support", "PrecisionChoice", "blocks_in_float32", "cpu_bf16_support", "cpu_flags", "dice_scores",
+           "float32_blocks", "read_precision_check", "resolve_precision", "write_precision_check"]

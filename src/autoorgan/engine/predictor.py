@@ -77,8 +77,13 @@ class BatchedTilePredictor(nnUNetPredictor):
         return prediction
 
     def _network_bf16(self, x: Any) -> Any:
-        """One network call under bfloat16 autocast, its output back in float32."""
-        with torch.autocast("cpu", dtype=torch.bfloat16):
+        """One network call under bfloat16 autocast, its output back in float32. The first encoder
+        stage (it reads the image) and the segmentation layers (they make the logits) stay in
+        float32 (:func:`autoorgan.engine.precision.float32_blocks`)."""
+        from autoorgan.engine.precision import blocks_in_float32, float32_blocks
+
+        with torch.autocast("cpu", dtype=torch.bfloat16), blocks_in_float32(self.network,
+                                                                             float32_blocks(self.network)):
             output = self.network(x)
         return output.float()
 

@@ -11,8 +11,9 @@ are compared structure by structure (Dice). The model agrees when the lowest Dic
 :data:`~autoorgan.engine.precision.MEDIAN_DICE`. The check is written either way: a model that does
 not agree is then kept in float32 by ``auto``.
 
-On a CPU without native bfloat16 the bfloat16 run is emulated: several times slower than float32,
-with the same numbers, so the check made there holds on a machine that has it.
+On a CPU without native bfloat16 the bfloat16 run is emulated: much slower than float32, and its
+numbers differ from native ones only in how a transposed convolution's bias is rounded (a few
+voxels; docs/performance.md), so the check made there holds on a machine that has it.
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ class PrecisionCheck:
 
     @property
     def emulated(self) -> bool:
-        """The bfloat16 run was emulated (this CPU has no native bfloat16): slower, same numbers."""
+        """The bfloat16 run was emulated (this CPU has no native bfloat16): slower, nearly the same numbers."""
         return not self.support.native
 
     def worst_first(self) -> list[Score]:
@@ -194,7 +195,7 @@ def check_precision(task_name: str, inputs: Sequence[Path], *, models_dir: Path 
             raise InputError(f"no CT found in {path}")
     support = precision.cpu_bf16_support()
     if not support.native:
-        log.debug("this CPU has no native bfloat16 (%s): the bfloat16 run is emulated, slower, same numbers",
+        log.debug("this CPU has no native bfloat16 (%s): the bfloat16 run is emulated, slower",
                   support.describe())
     options = {run: build_options(None, precision=run, device="cpu", postprocess=False, models_dir=models,
                                   tasks_file=tasks_file, trust_checkpoint=trust_checkpoint) for run in RUNS}
