@@ -49,6 +49,8 @@ BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: The file beside a model (in its ``{trainer}__{plans}__{configuration}`` folder) that records
 #: whether its bfloat16 labels agree with its float32 ones.
 CHECK_FILE = "autoorgan_precision.json"
+#: What the bfloat16 network call keeps in float32 (:func:`float32_blocks`), as recorded.
+BF16_CALL = "first encoder stage and segmentation layer in float32"
 #: Agreement of bfloat16 with float32 labels a model must reach (Dice per structure and case).
 MIN_DICE = 0.99
 MEDIAN_DICE = 0.999
@@ -89,6 +91,13 @@ class PrecisionChoice:
 
     def as_dict(self) -> dict[str, str]:
         return {"precision": self.precision, "reason": self.reason}
+
+    @property
+    def label(self) -> str:
+        """What a prediction records it was made with (``made_with``): the precision, and for
+        bfloat16 the blocks kept in float32 (:data:`BF16_CALL`), so that ``--continue`` redoes
+        cases made by another bfloat16 call."""
+        return f"bf16 ({BF16_CALL})" if self.precision == "bf16" else self.precision
 
 
 def cpu_flags(cpuinfo: str) -> set[str]:
@@ -286,6 +295,6 @@ def write_precision_check(model_folder: Path, agreement: Agreement, *, fold: int
     return write_json({"bf16": entry}, Path(model_folder) / CHECK_FILE)
 
 
-__all__ = ["BF16_FLAGS", "CHECK_FILE", "MEDIAN_DICE", "MIN_DICE", "PRECISIONS", "Agreement",
+__all__ = ["BF16_CALL", "BF16_FLAGS", "CHECK_FILE", "MEDIAN_DICE", "MIN_DICE", "PRECISIONS", "Agreement",
            "Bf16Support", "PrecisionChoice", "blocks_in_float32", "cpu_bf16_support", "cpu_flags", "dice_scores",
            "float32_blocks", "read_precision_check", "resolve_precision", "write_precision_check"]

@@ -146,7 +146,7 @@ def plan_batch(task: str | Sequence[str], input_path: Path, output_dir: Path, op
     # The precision each model runs in on this machine (auto: the CPU's bfloat16, the model's check).
     precisions = {t.name: engine.resolve_precision(speed.precision, torch_device, locations[t.name].folder)
                   for t in selection.tasks}
-    made_with = {"models": {t.name: {**model_identity(t, locations[t.name]), "precision": precisions[t.name].precision,
+    made_with = {"models": {t.name: {**model_identity(t, locations[t.name]), "precision": precisions[t.name].label,
                                      "orientation": orientations[t.name].label}
                             for t in selection.tasks},
                  "prediction": {f.name: given[f.name] for f in option_fields(Affects.LABELS)}}
