@@ -300,6 +300,22 @@ def _inputs(work: Path, real_for: set[str]) -> dict[str, Path]:
     return folders
 
 
+def _model_groups(args: argparse.Namespace) -> tuple[dict[str, Any], list[str], set[str], dict[str, Path]]:
+    """The fixture model groups (name → models folder, archives, tasks, kind of input), the groups
+    chosen by ``--groups``, the kinds of input that add ``example_ct`` (``--real``) and the input
+    CTs."""
+    from fixture_model import FIXTURE_ARCHIVES
+
+    groups = {
+        "fixture": (args.work / "fixture_models", FIXTURE_ARCHIVES["trained_models"], ["hip"], "pelvis"),
+        "whole_body": (args.work / "whole_body_models", FIXTURE_ARCHIVES["whole_body_models"],
+                       ["skeleton", "hip", "lower_limb"], "lower_body"),
+    }
+    chosen = [g for g in args.groups.split(",") if g]
+    real_for = {groups[g][3] for g in args.real.split(",") if g}
+    return groups, chosen, real_for, _inputs(args.work, real_for)
+
+
 def agreement(args: argparse.Namespace) -> dict[str, Any]:
     import numpy as np
     import SimpleITK as sitk
@@ -308,18 +324,11 @@ def agreement(args: argparse.Namespace) -> dict[str, Any]:
     from autoorgan.engine.precision import Agreement, dice_scores, write_precision_check
     from autoorgan.models.store import require_model
     from autoorgan.registry.tasks import load_registry
-    from fixture_model import FIXTURE_ARCHIVES, install_fixture_archives
+    from fixture_model import install_fixture_archives
 
     machine = describe_machine()
     registry = load_registry()
-    groups = {  # models folder, tasks, inputs
-        "fixture": (args.work / "fixture_models", FIXTURE_ARCHIVES["trained_models"], ["hip"], "pelvis"),
-        "whole_body": (args.work / "whole_body_models", FIXTURE_ARCHIVES["whole_body_models"],
-                       ["skeleton", "hip", "lower_limb"], "lower_body"),
-    }
-    chosen = [g for g in args.groups.split(",") if g]
-    real_for = {groups[g][3] for g in args.real.split(",") if g}
-    inputs = _inputs(args.work, real_for)
+    groups, chosen, real_for, inputs = _model_groups(args)
     results: dict[str, Any] = {}
     for group in chosen:
         models, archives, tasks, cases = groups[group]
@@ -518,18 +527,11 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     from autoorgan import api, engine
     from autoorgan.models.store import require_model
     from autoorgan.registry.tasks import load_registry
-    from fixture_model import FIXTURE_ARCHIVES, install_fixture_archives
+    from fixture_model import install_fixture_archives
 
     machine = describe_machine()
     registry = load_registry()
-    groups = {
-        "fixture": (args.work / "fixture_models", FIXTURE_ARCHIVES["trained_models"], ["hip"], "pelvis"),
-        "whole_body": (args.work / "whole_body_models", FIXTURE_ARCHIVES["whole_body_models"],
-                       ["skeleton", "hip", "lower_limb"], "lower_body"),
-    }
-    chosen = [g for g in args.groups.split(",") if g]
-    real_for = {groups[g][3] for g in args.real.split(",") if g}
-    inputs = _inputs(args.work, real_for)
+    groups, chosen, real_for, inputs = _model_groups(args)
     policies = list(POLICIES) if args.policies == "all" else args.policies.split(",")
     real_kinds = [k for k in args.real_bf16.split(",") if k]
     real_policies = [p for p in args.real_policies.split(",") if p]

@@ -141,8 +141,9 @@ def test_real_reference_rib_numbering_errors_are_repaired_in_every_orientation(r
 
 @pytest.mark.parametrize("codes", ["RAS", "PIR"])
 def test_two_ribs_numbered_as_the_ones_above_take_the_other_sides_numbers(codes: str) -> None:
-    """Without vertebrae, rib 9 labelled 8 beside rib 10 labelled 9 reads as the top rib being 8
-    (one change) or as the next two being 10 and 11 (two changes); the right side decides."""
+    """Without vertebrae, rib 10 labelled 9 beside rib 11 labelled 10 (9, 9, 10, 12) reads as the
+    top rib being 8 (one change) or as the next two being 10 and 11 (two changes); the right side
+    decides."""
     reference, _ = spine_and_ribs()
     corrupted = reference.copy()
     corrupted[reference == RIB["rib_left_10"]] = RIB["rib_left_9"]
