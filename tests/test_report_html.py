@@ -106,9 +106,10 @@ def test_repair_flags_of_one_task_and_of_several_reach_the_index_page() -> None:
     from autoorgan.report.html import repair_flags
 
     one = {"postprocess": {"steps": [], "changed_voxels": 0, "flags": ["ribs: left and right ribs differ"]}}
-    several = {"postprocess": {"ribs": {"steps": [], "flags": ["ribs: a"]}, "vertebrae": {"steps": [], "flags": []}}}
+    several = {"postprocess": {"ribs": {"steps": [], "flags": ["ribs: a"]}, "vertebrae": {"steps": [], "flags": []},
+                               "skeleton": {"steps": [], "flags": ["vertebrae: b"]}}}
     assert repair_flags(one) == ["ribs: left and right ribs differ"]
-    assert repair_flags(several) == ["ribs: ribs: a"]
+    assert repair_flags(several) == ["ribs: a", "skeleton: vertebrae: b"]  # task, then step, named once
     assert repair_flags({}) == [] and repair_flags({"postprocess": {"steps": [], "flags": []}}) == []
     text = render_index([CaseRow("c", "done", 1.0, repair_flags=repair_flags(one)), CaseRow("d", "done", 1.0)], title="t")
     assert text.count("repair needs a look: ribs: left and right ribs differ") == 1

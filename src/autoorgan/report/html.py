@@ -129,8 +129,9 @@ def repair_flags(sidecar: Mapping[str, Any]) -> list[str]:
     if not isinstance(section, Mapping):
         return []
     reports = [("", section)] if "steps" in section else list(section.items())
-    return [f"{task}: {flag}" if task else str(flag) for task, report in reports if isinstance(report, Mapping)
-            for flag in (report.get("flags") or [])]
+    # A step's flags start with its name, which for a task's own step is the task's name.
+    return [f"{task}: {flag}" if task and not str(flag).startswith(f"{task}: ") else str(flag)
+            for task, report in reports if isinstance(report, Mapping) for flag in (report.get("flags") or [])]
 
 
 def viewer_href(case_id: str) -> str:
