@@ -114,6 +114,14 @@ def test_a_series_that_cannot_be_made_consistent_is_flagged_in_the_report() -> N
     assert flags == ["vertebrae: T10 and T12 lie one level apart (16 mm) with 1 level(s) between them missing"]
 
 
+def _assert_same_in_every_orientation(rows) -> None:  # type: ignore[no-untyped-def]
+    """Each corruption class scored alike (corrupted, restored, collateral) in every storage order."""
+    by_corruption: dict[str, set[tuple[int, int, int]]] = {}
+    for r in rows:
+        by_corruption.setdefault(r.corruption, set()).add((r.scores.corrupted, r.scores.restored, r.scores.collateral))
+    assert all(len(v) == 1 for v in by_corruption.values()), by_corruption
+
+
 def _series_rows(case, classes: tuple[str, ...]):  # type: ignore[no-untyped-def]
     from repair_corruptions import evaluate
 
@@ -133,10 +141,7 @@ def test_real_reference_rib_numbering_errors_are_repaired_in_every_orientation(r
     assert {r.corruption for r in rows if r.scores.corrupted} == set(classes)
     for r in rows:
         assert r.scores.restored_pct >= 95.0 and r.scores.collateral_pct <= 0.1, r
-    by_corruption: dict[str, set[tuple[int, int, int]]] = {}
-    for r in rows:
-        by_corruption.setdefault(r.corruption, set()).add((r.scores.corrupted, r.scores.restored, r.scores.collateral))
-    assert all(len(v) == 1 for v in by_corruption.values()), by_corruption
+    _assert_same_in_every_orientation(rows)
 
 
 @pytest.mark.parametrize("codes", ["RAS", "PIR"])
@@ -191,10 +196,7 @@ def test_real_lumbar_vertebra_numbering_errors_are_repaired_in_every_orientation
         if r.corruption.startswith("none"):
             assert r.scores.collateral == 0, r
     # The same figures whatever the storage order.
-    by_corruption: dict[str, set[tuple[int, int, int]]] = {}
-    for r in rows:
-        by_corruption.setdefault(r.corruption, set()).add((r.scores.corrupted, r.scores.restored, r.scores.collateral))
-    assert all(len(v) == 1 for v in by_corruption.values()), by_corruption
+    _assert_same_in_every_orientation(rows)
 
 
 def _assert_vertebra_rows(rows) -> None:  # type: ignore[no-untyped-def]
@@ -205,10 +207,7 @@ def _assert_vertebra_rows(rows) -> None:  # type: ignore[no-untyped-def]
     assert scored >= set(SERIES_VERTEBRA_CORRUPTIONS) - {"posterior elements of a vertebra numbered as the next"}
     for r in rows:
         assert r.scores.restored_pct >= 95.0 and r.scores.collateral_pct <= 0.1, r
-    by_corruption: dict[str, set[tuple[int, int, int]]] = {}
-    for r in rows:
-        by_corruption.setdefault(r.corruption, set()).add((r.scores.corrupted, r.scores.restored, r.scores.collateral))
-    assert all(len(v) == 1 for v in by_corruption.values()), by_corruption
+    _assert_same_in_every_orientation(rows)
 
 
 def test_phantom_vertebra_numbered_as_the_one_below_is_cut_where_the_boxes_meet() -> None:

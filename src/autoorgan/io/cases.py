@@ -16,7 +16,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from autoorgan.errors import InputError
+from autoorgan.errors import CaseError, InputError
 from autoorgan.io.safe_paths import printable
 
 if TYPE_CHECKING:
@@ -51,6 +51,13 @@ class Case:
     def kind(self) -> str:
         """``image`` (a file SimpleITK reads) or ``dicom`` (a series or multi-frame file)."""
         return "image" if self.dicom is None else "dicom"
+
+    def dicom_source(self, output: str) -> DicomSeries:
+        """The DICOM series an output made from it needs (a DICOM SEG, an RT structure set);
+        a :class:`~autoorgan.errors.CaseError` naming ``output`` for another input."""
+        if self.dicom is None:
+            raise CaseError(f"{self.case_id}: {output} needs DICOM input ({self.name} is not DICOM)")
+        return self.dicom
 
     @property
     def name(self) -> str:

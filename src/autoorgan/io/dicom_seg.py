@@ -152,10 +152,7 @@ class DicomSegStep:
 
         from autoorgan.io.dicom import load_datasets
 
-        series = ctx.case.dicom
-        if series is None:
-            raise CaseError(f"{ctx.case.case_id}: --output-type dicom-seg needs DICOM input "
-                            f"({ctx.case.name} is not DICOM)")
+        series = ctx.case.dicom_source("--output-type dicom-seg")
         present = [int(v) for v in np.unique(ctx.labels) if v != 0 and int(v) in ctx.task.labels]
         target = ctx.outputs.folder / f"{ctx.case.case_id}{SEG_SUFFIX}"
         if not present:

@@ -292,10 +292,7 @@ class RtStructStep:
     def __call__(self, ctx: CaseContext) -> None:
         from autoorgan.io.dicom import load_datasets
 
-        series = ctx.case.dicom
-        if series is None:
-            raise CaseError(f"{ctx.case.case_id}: --output-type rtstruct needs DICOM input "
-                            f"({ctx.case.name} is not DICOM)")
+        series = ctx.case.dicom_source("--output-type rtstruct")
         names = dict(ctx.task.labels)
         target = ctx.outputs.folder / f"{ctx.case.case_id}{RTSTRUCT_SUFFIX}"
         if not any(int(v) in names for v in np.unique(ctx.labels) if v != 0):
